@@ -1,0 +1,232 @@
+"""The command line behind ./runMe.sh."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import config, engine, paths
+from .errors import UserError
+from .render import COMPOSE_API_BASE, render
+from .resolve import Project, resolve
+
+DEFAULT_COMPOSE_MODEL = "glm47-flash"
+DEFAULT_LOCAL_MODEL = "smollm2-135m-cpu"
+COMMANDS = ("render", "up", "down", "entrypoint", "proxy-entrypoint", "healthcheck",
+            "schema", "docs", "test", "help", "list")
+
+USAGE = """\
+usage:
+  ./runMe.sh                          list the models and this help
+  MODEL=NAME ./runMe.sh [-d] [--build]
+  ./runMe.sh NAME [-d] [--build]      start NAME with docker compose (default glm47-flash)
+  ./runMe.sh --local [NAME] [-d]      start NAME on this machine: CPU, no Docker
+                                      (default smollm2-135m-cpu; ports: LITELLM_PORT, VLLM_PORT)
+  ./runMe.sh down                     stop what runs (compose and local mode)
+  ./runMe.sh render NAME [--out DIR]  write the generated config, print the engine command
+  ./runMe.sh test [PYTEST ARGS]       run the test suite (installs what it needs)
+  ./runMe.sh schema | docs            print the model-file JSON Schema | regenerate CONFIGURATION.md
+"""
+
+
+def project() -> Project:
+    return Project(Path(os.environ.get("MMS_PROJECT_DIR") or paths.ROOT))
+
+
+def print_models(proj: Project) -> None:
+    print("models:")
+    names = config.available_models(proj.models_dir)
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        try:
+            description = config.load_model_file(proj.models_dir / f"{name}.yml").description
+        except UserError as exc:
+            description = f"(invalid: {exc.message})"
+        print(f"  {name:<{width}}  {description}")
+    print()
+    print(USAGE, end="")
+
+
+# ----------------------------------------------------------------------------- render
+
+def cmd_render(args: argparse.Namespace) -> int:
+    proj = project()
+    resolved = resolve(proj, args.model)
+    out = Path(args.out) if args.out else proj.root / "generated_configs"
+    api_base = COMPOSE_API_BASE
+    written = render(proj, resolved, out, api_base=api_base)
+    argv = engine.engine_argv(resolved, host="0.0.0.0", port=8000)
+    for path in written.values():
+        print(f"wrote {config.display_path(path)}")
+    print("engine argv (exec'd by the container entrypoint):")
+    print("  " + json.dumps(argv))
+    print("engine environment (names only; values stay secret):")
+    print("  " + " ".join(engine.engine_env_names(resolved)))
+    return 0
+
+
+# ----------------------------------------------------------------------------- compose
+
+def compose_command() -> list[str]:
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    raise UserError("docker compose is not installed; install Docker with the compose plugin, "
+                    "or run without Docker: ./runMe.sh --local")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    proj = project()
+    name = args.model or os.environ.get("MODEL") or DEFAULT_COMPOSE_MODEL
+    resolve(proj, name)  # fail here, in one line, before Docker is involved
+    cmd = [*compose_command(), "-f", str(proj.root / "docker-compose.yml"), "up"]
+    if args.detach:
+        cmd.append("-d")
+    if args.build:
+        cmd.append("--build")
+    print(f"starting {name} with: {' '.join(cmd)}", flush=True)
+    # MODEL goes into compose's environment explicitly, so `sudo ./runMe.sh NAME` works too.
+    env = {**os.environ, "MODEL": name}
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # not reached
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from . import local
+
+    stopped_local = local.stop_local(quiet=False)
+    if stopped_local:
+        return 0
+    try:
+        cmd = [*compose_command(), "-f", str(project().root / "docker-compose.yml"), "down"]
+    except UserError:
+        print("nothing is running")
+        return 0
+    return subprocess.run(cmd).returncode
+
+
+# ----------------------------------------------------------------------------- containers
+
+def cmd_entrypoint(args: argparse.Namespace) -> int:
+    from . import container
+
+    container.engine_entrypoint(project())
+    return 0
+
+
+def cmd_proxy_entrypoint(args: argparse.Namespace) -> int:
+    from . import container
+
+    container.proxy_entrypoint(project())
+    return 0
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    from . import container
+
+    return container.healthcheck()
+
+
+# ----------------------------------------------------------------------------- docs, tests
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .docs import model_schema
+
+    print(json.dumps(model_schema(), indent=2))
+    return 0
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from .docs import write_configuration_md
+
+    path = write_configuration_md(project().root)
+    print(f"wrote {config.display_path(path)}")
+    return 0
+
+
+def cmd_test(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from . import testenv
+
+    return testenv.run_tests(list(extra))
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from . import local
+
+    return local.start_local(project(), args.model or DEFAULT_LOCAL_MODEL, detach=args.detach)
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="./runMe.sh", add_help=False)
+    sub = parser.add_subparsers(dest="command")
+    p = sub.add_parser("render", add_help=False)
+    p.add_argument("model")
+    p.add_argument("--out")
+    p = sub.add_parser("up", add_help=False)
+    p.add_argument("model", nargs="?")
+    p.add_argument("-d", "--detach", action="store_true")
+    p.add_argument("--build", action="store_true")
+    p = sub.add_parser("local", add_help=False)
+    p.add_argument("model", nargs="?")
+    p.add_argument("-d", "--detach", action="store_true")
+    for name in ("down", "entrypoint", "proxy-entrypoint", "healthcheck", "schema", "docs",
+                 "help", "list"):
+        sub.add_parser(name, add_help=False)
+    return parser
+
+
+def normalise(argv: list[str]) -> list[str]:
+    """Map the user-facing shapes onto sub-commands:
+    `--local [NAME]` → local; `NAME [-d]` → up NAME; nothing with MODEL set → up."""
+    if not argv:
+        return ["up"] if os.environ.get("MODEL") else ["list"]
+    if argv[0] == "--local":
+        return ["local", *argv[1:]]
+    if argv[0] in ("-h", "--help"):
+        return ["help"]
+    if "--local" in argv:
+        rest = [a for a in argv if a != "--local"]
+        return ["local", *rest]
+    if argv[0] in COMMANDS:
+        return argv
+    return ["up", *argv]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = normalise(argv)
+    try:
+        if argv[0] == "test":
+            return cmd_test(argparse.Namespace(), argv[1:])
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit:
+            print(USAGE, file=sys.stderr, end="")
+            return 2
+        handlers = {
+            "render": cmd_render, "up": cmd_up, "down": cmd_down, "local": cmd_local,
+            "entrypoint": cmd_entrypoint, "proxy-entrypoint": cmd_proxy_entrypoint,
+            "healthcheck": cmd_healthcheck, "schema": cmd_schema, "docs": cmd_docs,
+        }
+        if args.command in ("list", "help"):
+            print_models(project())
+            return 0
+        return handlers[args.command](args)
+    except UserError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,306 @@
+"""The one typed model of the configuration: global settings (vars.env) and model files.
+
+Layering, lowest to highest: built-in defaults < vars.env < models/MODEL.yml < explicit
+environment variables (the same names as in vars.env). Merged as data, never as text.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from dotenv.parser import parse_stream
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+                      field_validator)
+
+from .errors import UserError
+
+MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# vars.env names outside the typed settings that are handed to the engine untouched.
+ENGINE_ENV_PREFIXES = ("NCCL_", "GLOO_", "VLLM_", "HF_", "CUDA_", "TORCH_", "OMP_", "RAY_")
+SHELL_OPERATORS = {";", "&&", "||", "|", "&", ">", ">>", "<", "`", "$("}
+SAMPLING_PARAMS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_tokens")
+
+
+def parse_size(value: Any) -> Any:
+    """Accept 32000, "32000", "128K" (=131072), "1M" (=1048576), "32k" (=32000), "1m"
+    (=1000000): the same units as vLLM's --max-model-len. Anything else is left for pydantic
+    to reject with its own message."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"(\d+)\s*([kKmM]?)", value.strip())
+        if match:
+            units = {"": 1, "k": 1000, "K": 1024, "m": 1000**2, "M": 1024**2}
+            return int(match.group(1)) * units[match.group(2)]
+    return value
+
+
+Size = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Enforced(Strict):
+    """A sampling value that overrides whatever the client sends."""
+
+    value: float
+    enforce: Literal[True] = Field(description="Must be true: override the client's value.")
+
+
+class EnforcedSize(Strict):
+    value: Size
+    enforce: Literal[True] = Field(description="Must be true: override the client's value.")
+
+
+class LitellmSection(Strict):
+    """Proxy-side behaviour for one model. A plain number is a *default* (fills in only what
+    the client left out); `{value: X, enforce: true}` is *enforced* (replaces the client's)."""
+
+    temperature: Optional[Union[Annotated[float, Field(ge=0, le=2)], Enforced]] = None
+    top_p: Optional[Union[Annotated[float, Field(gt=0, le=1)], Enforced]] = None
+    top_k: Optional[Union[Annotated[int, Field(ge=-1)], Enforced]] = None
+    repetition_penalty: Optional[Union[Annotated[float, Field(gt=0)], Enforced]] = None
+    max_tokens: Optional[Union[Size, EnforcedSize]] = Field(
+        None, description="Output cap; requests asking for more are clamped to it.")
+    max_parallel_requests: Optional[Annotated[int, Field(gt=0)]] = Field(
+        None, description="Requests in flight at once through the proxy; more get 429.")
+    request_timeout: Optional[Annotated[int, Field(gt=0)]] = Field(
+        None, description="Seconds before the proxy gives up on the engine.")
+    num_retries: Optional[Annotated[int, Field(ge=0)]] = None
+    rpm: Optional[Annotated[int, Field(gt=0)]] = Field(
+        None, description="Requests per minute per API key; more get 429 with Retry-After.")
+
+
+class ModelFile(Strict):
+    """models/NAME.yml"""
+
+    description: str = Field(description="One line shown by `./runMe.sh`.")
+    context_length: Optional[Size] = Field(
+        None, description="Tokens the engine serves (its --max-model-len).")
+    hardware: Optional[str] = Field(None, description="What the model needs to run.")
+    aliases: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]] = Field(
+        default_factory=list,
+        description="Extra model ids the proxy answers to (e.g. the claude-* ids of Claude Code).")
+    local_weights: Optional[Literal["smollm2-135m-instruct"]] = Field(
+        None, description="Local mode serves this prepared checkpoint instead of a hub id.")
+    command: str = Field(description="The engine line: `vllm serve <hf-id> [flags]`.")
+    env: dict[str, Union[str, int, float, bool]] = Field(
+        default_factory=dict, description="Environment variables for the engine process.")
+    litellm: LitellmSection = Field(default_factory=LitellmSection)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, Any]) -> dict[str, Any]:
+        for name in env:
+            if not ENV_NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not a valid environment variable name")
+        return env
+
+
+class Settings(Strict):
+    """Global settings: built-in defaults, overridden by vars.env, then by the environment."""
+
+    LITELLM_TEMPERATURE: Optional[Annotated[float, Field(ge=0, le=2)]] = None
+    LITELLM_TOP_P: Optional[Annotated[float, Field(gt=0, le=1)]] = None
+    LITELLM_TOP_K: Optional[Annotated[int, Field(ge=-1)]] = None
+    LITELLM_REPETITION_PENALTY: Optional[Annotated[float, Field(gt=0)]] = None
+    LITELLM_MAX_TOKENS: Optional[Size] = None
+    MAX_PARALLEL_REQUESTS: Annotated[int, Field(gt=0)] = 8
+    LITELLM_REQUEST_TIMEOUT: Annotated[int, Field(gt=0)] = 600
+    LITELLM_NUM_RETRIES: Annotated[int, Field(ge=0)] = 0
+    LITELLM_KEY_RPM: Optional[Annotated[int, Field(gt=0)]] = None
+    LITELLM_MASTER_KEY: str = Field("sk-FAKE", min_length=1)
+    LITELLM_PORT: Annotated[int, Field(gt=0, lt=65536)] = 4000
+    VLLM_PORT: Annotated[int, Field(gt=0, lt=65536)] = 8000
+    BIND_ADDRESS: str = "127.0.0.1"
+
+    @classmethod
+    def keys(cls) -> set[str]:
+        return set(cls.model_fields)
+
+
+SETTING_FOR_PARAM = {
+    "temperature": "LITELLM_TEMPERATURE",
+    "top_p": "LITELLM_TOP_P",
+    "top_k": "LITELLM_TOP_K",
+    "repetition_penalty": "LITELLM_REPETITION_PENALTY",
+    "max_tokens": "LITELLM_MAX_TOKENS",
+}
+SETTING_FOR_LIMIT = {
+    "max_parallel_requests": "MAX_PARALLEL_REQUESTS",
+    "request_timeout": "LITELLM_REQUEST_TIMEOUT",
+    "num_retries": "LITELLM_NUM_RETRIES",
+    "rpm": "LITELLM_KEY_RPM",
+}
+SECRET_SETTINGS = {"LITELLM_MASTER_KEY"}
+
+
+# ----------------------------------------------------------------------------- loading files
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise UserError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r} "
+                            f"(first defined on line {seen[key] + 1})")
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _describe(errors: ValidationError) -> str:
+    first = errors.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "union")))
+    # Union members add their type name to the path; keep the user-facing field path.
+    loc = re.sub(r"\.(float|int|Enforced|EnforcedSize|constrained-int|constrained-float)\b.*$",
+                 "", loc)
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif first["type"] == "missing":
+        message = "required field is missing"
+    more = len(errors.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{loc}: {message}{suffix}" if loc else f"{message}{suffix}"
+
+
+def check_model_name(name: str, models_dir: Path) -> None:
+    if not MODEL_NAME_RE.match(name):
+        raise UserError(
+            f"invalid model name {name!r}: use lower-case letters, digits, '.', '-' and '_' only "
+            f"(available: {', '.join(available_models(models_dir))})", exit_code=2)
+    if not (models_dir / f"{name}.yml").is_file():
+        raise UserError(f"unknown model {name!r}; available: "
+                        f"{', '.join(available_models(models_dir))}", exit_code=2)
+
+
+def available_models(models_dir: Path) -> list[str]:
+    return sorted(p.stem for p in models_dir.glob("*.yml") if MODEL_NAME_RE.match(p.stem))
+
+
+def load_model_file(path: Path) -> ModelFile:
+    label = display_path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{label}: cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except UnicodeDecodeError:
+        raise UserError(f"{label}: not UTF-8 text") from None
+    except UserError as exc:
+        raise UserError(f"{label}: {exc.message}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise UserError(f"{label}: {where}invalid YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{label}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{label}: expected a mapping with 'description', 'command', 'env' "
+                        f"and 'litellm', got {type(data).__name__}")
+    try:
+        model = ModelFile.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(f"{label}: {_describe(exc)}") from None
+    try:
+        parse_command(model.command)
+    except UserError as exc:
+        raise UserError(f"{label}: command: {exc.message}") from None
+    return model
+
+
+def parse_command(command: str) -> list[str]:
+    """`vllm serve <model> [flags]` → argv. Exec'd directly, never through a shell."""
+    try:
+        argv = shlex.split(command, comments=False)
+    except ValueError as exc:
+        raise UserError(f"cannot split the line: {exc}") from None
+    if argv[:2] != ["vllm", "serve"]:
+        raise UserError(f"must start with 'vllm serve', got {' '.join(argv[:2])!r}")
+    if len(argv) < 3 or argv[2].startswith("-"):
+        raise UserError("'vllm serve' needs the model id right after it")
+    for token in argv:
+        if token in SHELL_OPERATORS or token.startswith("$("):
+            raise UserError(f"{token!r} is shell syntax; the command is run without a shell")
+    return argv
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """vars.env as NAME=VALUE pairs; a line that doesn't parse is an error naming the line."""
+    label = display_path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return {}
+    except UnicodeDecodeError:
+        raise UserError(f"{label}: not UTF-8 text") from None
+    values: dict[str, str] = {}
+    import io
+
+    for binding in parse_stream(io.StringIO(text)):
+        line = binding.original.line
+        stripped = binding.original.string.strip()
+        if binding.error or (binding.key is not None and binding.value is None):
+            shown = stripped.split("=", 1)[0][:40]
+            raise UserError(f"{label}: line {line}: cannot parse {shown!r}: expected NAME=VALUE")
+        if binding.key is None:
+            continue
+        values[binding.key] = binding.value or ""
+    return values
+
+
+def settings_from(values: dict[str, str], source: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Split NAME=VALUE pairs into typed settings and engine pass-through; reject the rest."""
+    known, passthrough = {}, {}
+    for name, value in values.items():
+        if name in Settings.keys():
+            known[name] = value
+        elif name.startswith(ENGINE_ENV_PREFIXES):
+            passthrough[name] = value
+        else:
+            raise UserError(f"{source}: unknown setting {name!r} (settings: see CONFIGURATION.md; "
+                            f"engine variables must start with one of {', '.join(ENGINE_ENV_PREFIXES)})")
+    return known, passthrough
+
+
+def validate_settings(values: dict[str, str], source: str) -> Settings:
+    cleaned = {k: (v if v != "" else None) for k, v in values.items()}
+    cleaned = {k: v for k, v in cleaned.items() if v is not None}
+    try:
+        return Settings.model_validate(cleaned)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "?"
+        # Never echo a secret setting's value back.
+        detail = "invalid value" if name in SECRET_SETTINGS else first["msg"]
+        raise UserError(f"{source}: {name}: {detail}") from None
+
+
+def display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def environ_overrides(environ: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """Settings given explicitly in the environment (they beat files). Only known settings
+    and NCCL_* style engine variables already listed by name in vars.env are taken."""
+    environ = dict(os.environ if environ is None else environ)
+    known = {k: v for k, v in environ.items() if k in Settings.keys()}
+    return known, {}

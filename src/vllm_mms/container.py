@@ -1,0 +1,99 @@
+"""Compose mode: the two container entrypoints and the engine health check.
+
+The engine container renders the configuration into the shared tmpfs volume, then replaces
+itself with vLLM (os.execvpe: vLLM becomes PID 1 and receives SIGTERM from `docker stop`).
+The proxy container waits on the engine's health (compose `depends_on`), reads the rendered
+configuration and the internal key from that volume, and replaces itself with LiteLLM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+from . import engine
+from .errors import UserError
+from .render import CONFIG_FILE, MODELS_FILE, render
+from .resolve import SERVED_MODEL_NAME, Project, resolve
+
+GENERATED_DIR = Path(os.environ.get("MMS_GENERATED_DIR", "/app/generated_configs"))
+ENGINE_KEY_FILE = ".engine_api_key"  # on the tmpfs volume only: gone when the stack stops
+
+
+def _model_name() -> str:
+    name = os.environ.get("MODEL", "")
+    if not name:
+        raise UserError("MODEL is not set for the container (./runMe.sh sets it)")
+    return name
+
+
+def engine_entrypoint(project: Project) -> None:
+    resolved = resolve(project, _model_name())
+    written = render(project, resolved, GENERATED_DIR)
+    key = engine.internal_api_key(resolved)
+    key_path = GENERATED_DIR / ENGINE_KEY_FILE
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    port = int(os.environ.get("MMS_ENGINE_PORT", "8000"))
+    argv = engine.engine_argv(resolved, host="0.0.0.0", port=port)
+    env = engine.engine_environment(resolved, key, dict(os.environ))
+    print(f"[entrypoint] model {resolved.name}: rendered {', '.join(str(p) for p in written.values())}",
+          flush=True)
+    print(f"[entrypoint] exec {json.dumps(argv)}", flush=True)
+    os.execvpe(argv[0], argv, env)
+
+
+def proxy_entrypoint(project: Project) -> None:
+    resolved = resolve(project, _model_name())
+    config_path = GENERATED_DIR / CONFIG_FILE
+    key_path = GENERATED_DIR / ENGINE_KEY_FILE
+    for path in (config_path, key_path):
+        if not path.is_file():
+            raise UserError(f"{path} is missing: the engine container has not rendered yet")
+    port = os.environ.get("LITELLM_PORT_IN_CONTAINER", "4000")
+    env = dict(os.environ)
+    env.update(proxy_environment(resolved.settings.LITELLM_MASTER_KEY, key_path.read_text(),
+                                 GENERATED_DIR / MODELS_FILE))
+    argv = ["litellm", "--config", str(config_path), "--host", "0.0.0.0", "--port", port]
+    print(f"[proxy] exec {json.dumps(argv)}", flush=True)
+    os.execvpe(argv[0], argv, env)
+
+
+def proxy_environment(master_key: str, engine_key: str, models_file: Path) -> dict[str, str]:
+    """What the LiteLLM process needs. DATABASE_URL is deliberately never set: it would make
+    LiteLLM start its Prisma layer, which downloads engines and cannot run offline."""
+    return {
+        "LITELLM_MASTER_KEY": master_key,
+        "VLLM_API_KEY": engine_key,
+        "MMS_MODELS_FILE": str(models_file),
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",   # no internet lookup at start
+        "LITELLM_TELEMETRY": "False",
+        "LITELLM_LOG": os.environ.get("LITELLM_LOG", "INFO"),
+    }
+
+
+def healthcheck(port: int = 8000) -> int:
+    """Healthy = the config was rendered and the engine lists the served model."""
+    config_path = GENERATED_DIR / CONFIG_FILE
+    key_path = GENERATED_DIR / ENGINE_KEY_FILE
+    if not config_path.is_file() or not key_path.is_file():
+        print("unhealthy: generated config missing", file=sys.stderr)
+        return 1
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/models",
+        headers={"Authorization": f"Bearer {key_path.read_text().strip()}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback
+            body = json.load(response)
+    except (OSError, ValueError) as exc:
+        print(f"unhealthy: engine not answering: {exc}", file=sys.stderr)
+        return 1
+    ids = [m.get("id") for m in body.get("data", [])]
+    if SERVED_MODEL_NAME not in ids:
+        print(f"unhealthy: engine serves {ids}, not {SERVED_MODEL_NAME}", file=sys.stderr)
+        return 1
+    return 0

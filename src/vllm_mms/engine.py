@@ -1,0 +1,80 @@
+"""The engine command: the catalog's `vllm serve` line → the exact argv and environment."""
+
+from __future__ import annotations
+
+import secrets as pysecrets
+import sys
+from pathlib import Path
+from typing import Optional
+
+from . import config
+from .resolve import SERVED_MODEL_NAME, Resolved
+
+# Flags we always set ourselves; any value already in the catalog line is replaced.
+# --api-key is removed from argv and passed as VLLM_API_KEY instead (vLLM reads that
+# variable), so the key never shows in the process list.
+DYNAMIC_FLAGS = ("--host", "--port", "--api-key", "--served-model-name")
+MULTI_VALUE_FLAGS = {"--served-model-name"}
+CPU_API_SERVER = ["-m", "vllm.entrypoints.openai.api_server"]
+
+
+def strip_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        name = token.split("=", 1)[0]
+        if name in flags:
+            i += 1
+            if "=" not in token:
+                # Skip its value(s); --served-model-name takes several.
+                while i < len(argv) and not argv[i].startswith("-"):
+                    i += 1
+                    if name not in MULTI_VALUE_FLAGS:
+                        break
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
+def engine_argv(resolved: Resolved, *, host: str, port: int, cpu_python: Optional[str] = None,
+                weights: Optional[Path] = None) -> list[str]:
+    """`cpu_python` set: run vLLM's API server module with that interpreter (the CPU build's
+    `vllm` console script is broken). `weights` set: serve that local checkpoint."""
+    argv = config.parse_command(resolved.model.command)
+    model_id = str(weights) if weights is not None else argv[2]
+    rest = strip_flags(argv[3:], DYNAMIC_FLAGS)
+    head = [cpu_python, *CPU_API_SERVER, "--model", model_id] if cpu_python else ["vllm", "serve", model_id]
+    return [*head, *rest, "--host", host, "--port", str(port),
+            "--served-model-name", SERVED_MODEL_NAME]
+
+
+def internal_api_key(resolved: Resolved) -> str:
+    """The key between proxy and engine: secrets/VLLM_API_KEY, or a fresh one per start."""
+    return resolved.secrets.get("VLLM_API_KEY") or "sk-engine-" + pysecrets.token_urlsafe(24)
+
+
+# Secrets that the engine itself needs (hub access for gated models).
+ENGINE_SECRETS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def engine_environment(resolved: Resolved, api_key: str, base: dict[str, str]) -> dict[str, str]:
+    env = dict(base)
+    env.update(resolved.engine_env)
+    for name in ENGINE_SECRETS:
+        if name in resolved.secrets:
+            env[name] = resolved.secrets[name]
+    env["VLLM_API_KEY"] = api_key
+    return env
+
+
+def engine_env_names(resolved: Resolved) -> list[str]:
+    """What `render` shows: the names (never the values) the entrypoint adds."""
+    names = set(resolved.engine_env) | {"VLLM_API_KEY"}
+    names |= {n for n in ENGINE_SECRETS if n in resolved.secrets}
+    return sorted(names)
+
+
+def python_executable() -> str:
+    return sys.executable

@@ -1,0 +1,306 @@
+"""Local mode: the same rendered configuration, run as supervised processes on 127.0.0.1.
+
+Engine = vLLM's CPU build (its own environment), proxy = LiteLLM with our hooks. States are
+explicit: start → wait for health (deadline, progress shown) → serve → stop (SIGTERM to the
+process group, SIGKILL after a grace period). A stack file in the state directory lets
+`./runMe.sh down` (or a second terminal) find and stop what is running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from . import bootstrap, engine, paths
+from .container import proxy_environment
+from .errors import UserError
+from .render import CONFIG_FILE, MODELS_FILE, render
+from .resolve import Project, Resolved, resolve
+
+STOP_GRACE_SECONDS = 15.0
+
+
+@dataclass
+class Stack:
+    model: str
+    engine_pid: int
+    proxy_pid: int
+    engine_port: int
+    proxy_port: int
+    log_dir: str
+    started: float
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.proxy_pid, self.engine_pid]
+
+
+def stack_file() -> Path:
+    return paths.state_dir() / "stack.json"
+
+
+def read_stack() -> Optional[Stack]:
+    try:
+        return Stack(**json.loads(stack_file().read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped) is not alive.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
+            return response.status == 200
+    except (OSError, urllib.error.HTTPError, ValueError):
+        return False
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# ----------------------------------------------------------------------------- stop
+
+def terminate(pids: list[int], grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGTERM each process group, wait up to `grace` seconds, then SIGKILL what is left."""
+    for pid in pids:
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        _reap()
+        time.sleep(0.2)
+    for pid in pids:
+        if alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+    _reap()
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # each child leads its own session: this reaches its workers too
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def stop_local(quiet: bool = True) -> bool:
+    stack = read_stack()
+    if stack is None:
+        return False
+    running = [p for p in stack.pids if alive(p)]
+    if running:
+        if not quiet:
+            print(f"stopping local stack ({stack.model}): pids {', '.join(map(str, running))}")
+        terminate(running)
+    stack_file().unlink(missing_ok=True)
+    if not quiet:
+        print("stopped" if running else "local stack was not running (stale state removed)")
+    return True
+
+
+# ----------------------------------------------------------------------------- start
+
+def _progress(label: str) -> Callable[[str], None]:
+    tty = sys.stderr.isatty()
+    start = time.monotonic()
+    last = [-10.0]
+
+    def update(phase: str) -> None:
+        elapsed = time.monotonic() - start
+        if tty:
+            sys.stderr.write(f"\r\033[K{label}: {phase} ... {elapsed:4.0f}s")
+            sys.stderr.flush()
+        elif elapsed - last[0] >= 10:
+            print(f"{label}: {phase} ... {elapsed:.0f}s", file=sys.stderr, flush=True)
+            last[0] = elapsed
+
+    return update
+
+
+def wait_healthy(stack: Stack, procs: dict[str, subprocess.Popen], deadline_s: float) -> None:
+    logs = Path(stack.log_dir)
+    checks = [("engine", f"http://127.0.0.1:{stack.engine_port}/health"),
+              ("proxy", f"http://127.0.0.1:{stack.proxy_port}/health/liveliness")]
+    update = _progress("starting")
+    deadline = time.monotonic() + deadline_s
+    pending = list(checks)
+    while pending:
+        name, url = pending[0]
+        for proc_name, proc in procs.items():
+            if proc.poll() is not None:
+                raise UserError(f"the {proc_name} exited (code {proc.returncode}) while starting; "
+                                f"last lines of {logs / (proc_name + '.log')}:\n"
+                                f"{tail(logs / (proc_name + '.log'))}")
+        if http_ok(url):
+            pending.pop(0)
+            continue
+        if time.monotonic() > deadline:
+            raise UserError(f"the {name} was not healthy after {deadline_s:.0f}s "
+                            f"(MMS_START_TIMEOUT); see {logs / (name + '.log')}")
+        update(f"waiting for the {name} ({'loading the model' if name == 'engine' else 'starting'})")
+        time.sleep(1)
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+
+
+def start_local(project: Project, name: str, detach: bool) -> int:
+    existing = read_stack()
+    if existing and any(alive(p) for p in existing.pids):
+        raise UserError(f"a local stack is already running ({existing.model}, proxy on port "
+                        f"{existing.proxy_port}); stop it first: ./runMe.sh down")
+    resolved = resolve(project, name)
+    settings = resolved.settings
+    for port, var in ((settings.LITELLM_PORT, "LITELLM_PORT"), (settings.VLLM_PORT, "VLLM_PORT")):
+        if not port_free(port):
+            raise UserError(f"port {port} ({var}) is already in use on 127.0.0.1; "
+                            f"choose another, e.g. {var}={port + 1} ./runMe.sh --local")
+    if settings.LITELLM_PORT == settings.VLLM_PORT:
+        raise UserError("LITELLM_PORT and VLLM_PORT must differ")
+
+    engine_python = bootstrap.ensure_env("engine")
+    weights: Optional[Path] = None
+    if resolved.model.local_weights:
+        from .prepare_model import ensure_weights
+
+        weights = ensure_weights(engine_python)
+
+    state = paths.state_dir()
+    logs = state / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    generated = state / "generated_configs"
+    api_base = f"http://127.0.0.1:{settings.VLLM_PORT}/v1"
+    render(project, resolved, generated, api_base=api_base)
+    stack, procs = launch(resolved, engine_python, weights, generated, logs)
+    try:
+        wait_healthy(stack, procs, float(os.environ.get("MMS_START_TIMEOUT", "600")))
+    except BaseException:
+        terminate(stack.pids)
+        stack_file().unlink(missing_ok=True)
+        raise
+    print_ready(resolved, stack)
+    if detach:
+        print("running in the background; stop with: ./runMe.sh down")
+        return 0
+    return supervise(stack, procs)
+
+
+def launch(resolved: Resolved, engine_python: Path, weights: Optional[Path], generated: Path,
+           logs: Path) -> tuple[Stack, dict[str, subprocess.Popen]]:
+    settings = resolved.settings
+    key = engine.internal_api_key(resolved)
+    base_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    base_env.update({"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"})
+    engine_env = engine.engine_environment(resolved, key, base_env)
+    argv = engine.engine_argv(resolved, host="127.0.0.1", port=settings.VLLM_PORT,
+                              cpu_python=str(engine_python), weights=weights)
+    proxy_env = {**os.environ, **proxy_environment(settings.LITELLM_MASTER_KEY, key,
+                                                   generated / MODELS_FILE)}
+    proxy_env["PYTHONPATH"] = str(paths.ROOT / "src")
+    litellm_bin = Path(sys.executable).parent / "litellm"
+    proxy_argv = [str(litellm_bin), "--config", str(generated / CONFIG_FILE),
+                  "--host", "127.0.0.1", "--port", str(settings.LITELLM_PORT)]
+    (logs / "engine.argv.json").write_text(json.dumps(argv) + "\n")
+    procs = {}
+    for label, cmd, env in (("engine", argv, engine_env), ("proxy", proxy_argv, proxy_env)):
+        log_handle = open(logs / f"{label}.log", "ab")
+        procs[label] = subprocess.Popen(cmd, env=env, stdout=log_handle, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        log_handle.close()
+    stack = Stack(model=resolved.name, engine_pid=procs["engine"].pid,
+                  proxy_pid=procs["proxy"].pid, engine_port=settings.VLLM_PORT,
+                  proxy_port=settings.LITELLM_PORT, log_dir=str(logs), started=time.time())
+    stack_file().parent.mkdir(parents=True, exist_ok=True)
+    stack_file().write_text(json.dumps(asdict(stack)) + "\n")
+    print(f"logs: {logs}/engine.log, {logs}/proxy.log", file=sys.stderr, flush=True)
+    return stack, procs
+
+
+def print_ready(resolved: Resolved, stack: Stack) -> None:
+    key_hint = ("sk-FAKE" if resolved.settings.LITELLM_MASTER_KEY == "sk-FAKE"
+                else "$LITELLM_MASTER_KEY")
+    base = f"http://127.0.0.1:{stack.proxy_port}"
+    print(f"ready: {resolved.name} (model ids: {', '.join(resolved.model_names)})")
+    print(f"  proxy (OpenAI + Anthropic API): {base}/v1    key: {key_hint}")
+    print(f"  engine (internal):              http://127.0.0.1:{stack.engine_port}")
+    print(f"  logs:                           {stack.log_dir}")
+    print("try:")
+    print(f"  curl {base}/v1/chat/completions -H 'Authorization: Bearer {key_hint}' "
+          f"-H 'Content-Type: application/json' "
+          f"-d '{{\"model\": \"{resolved.name}\", \"messages\": [{{\"role\": \"user\", "
+          f"\"content\": \"What is the capital of France?\"}}]}}'", flush=True)
+
+
+def supervise(stack: Stack, procs: dict[str, subprocess.Popen]) -> int:
+    """Foreground: Ctrl-C (or SIGTERM) stops both; if one dies, say so and stop the other."""
+    stopping = {"signal": None}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping["signal"] = signum
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    print("serving in the foreground; Ctrl-C stops everything", flush=True)
+    code = 0
+    while stopping["signal"] is None:
+        dead = [n for n, p in procs.items() if p.poll() is not None]
+        if dead:
+            name = dead[0]
+            print(f"the {name} exited (code {procs[name].returncode}); stopping the stack. "
+                  f"Last lines of its log:\n{tail(Path(stack.log_dir) / (name + '.log'))}",
+                  file=sys.stderr)
+            code = 1
+            break
+        time.sleep(0.5)
+    print("stopping ...", file=sys.stderr, flush=True)
+    terminate(stack.pids)
+    stack_file().unlink(missing_ok=True)
+    print("stopped", file=sys.stderr)
+    return code

@@ -1,0 +1,152 @@
+"""Hooks loaded by the LiteLLM proxy through its own extension points.
+
+- `custom_auth` (general_settings.custom_auth): the proxy key is checked here, so a missing
+  or wrong key is a 401 even without a database (stock LiteLLM answers 400 "No connected db").
+  Per-key limits ride on LiteLLM's own limiter via the returned UserAPIKeyAuth.
+- `proxy_handler` (litellm_settings.callbacks): before each call, fills in the model's
+  default sampling parameters, overrides the enforced ones, and clamps max_tokens so that
+  prompt + output fit the context (vLLM rejects requests that don't; Claude Code asks for 32000).
+
+The model's settings come from generated_configs/models.yml (MMS_MODELS_FILE), re-read when
+the file changes. No secret is logged: keys are compared as sha256 digests, in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from fastapi import Request
+from litellm.integrations.custom_logger import CustomLogger
+from litellm.proxy._types import (LitellmUserRoles, ProxyErrorTypes, ProxyException,
+                                  UserAPIKeyAuth)
+
+log = logging.getLogger("vllm_mms.proxy_hooks")
+
+# Anything not in this many characters per token is treated as a longer prompt (safe side).
+CHARS_PER_TOKEN_LOWER_BOUND = 3
+PROMPT_OVERHEAD_TOKENS = 32  # chat template tokens around the messages
+
+
+class _ModelSettings:
+    """generated_configs/models.yml, re-read when its modification time changes."""
+
+    def __init__(self) -> None:
+        self._mtime: Optional[float] = None
+        self._data: dict[str, Any] = {}
+
+    @property
+    def path(self) -> Path:
+        return Path(os.environ.get("MMS_MODELS_FILE", "/app/generated_configs/models.yml"))
+
+    def get(self) -> dict[str, Any]:
+        try:
+            mtime = self.path.stat().st_mtime
+        except OSError:
+            return self._data
+        if mtime != self._mtime:
+            self._data = yaml.safe_load(self.path.read_text()) or {}
+            self._mtime = mtime
+        return self._data
+
+
+MODEL_SETTINGS = _ModelSettings()
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
+
+
+def _unauthorized(message: str) -> ProxyException:
+    return ProxyException(message=message, type=ProxyErrorTypes.auth_error, param="api_key",
+                          code=401)
+
+
+async def custom_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
+    master = os.environ.get("LITELLM_MASTER_KEY", "")
+    if not api_key:
+        raise _unauthorized("Authentication Error: no API key given "
+                            "(send 'Authorization: Bearer <key>' or 'x-api-key: <key>')")
+    if not master or not hmac.compare_digest(_digest(api_key), _digest(master)):
+        raise _unauthorized("Authentication Error: invalid API key")
+    limits = MODEL_SETTINGS.get().get("limits", {}) or {}
+    return UserAPIKeyAuth(
+        api_key=hashlib.sha256(api_key.encode()).hexdigest(),  # never the clear key
+        key_alias="master",
+        user_role=LitellmUserRoles.PROXY_ADMIN,
+        rpm_limit=limits.get("rpm"),
+    )
+
+
+# ----------------------------------------------------------------------------- parameters
+
+# Where each call type keeps its output cap.
+MAX_TOKENS_FIELD = {"aresponses": "max_output_tokens", "responses": "max_output_tokens"}
+# Parameters the OpenAI wire format has no field for: sent to vLLM in the request body.
+ENGINE_ONLY_PARAMS = ("top_k", "repetition_penalty")
+
+
+def apply_sampling(data: dict[str, Any], sampling: dict[str, dict[str, Any]],
+                   call_type: str) -> dict[str, Any]:
+    """Defaults fill in what the client left out; enforced values replace what it sent."""
+    for param, rule in sampling.items():
+        if param == "max_tokens":
+            continue  # handled by clamp_max_tokens
+        value, enforce = rule["value"], rule.get("enforce", False)
+        present = data.get(param) is not None
+        if enforce or not present:
+            data[param] = value
+    return data
+
+
+def _prompt_chars(data: dict[str, Any]) -> int:
+    parts = [data.get(k) for k in ("messages", "system", "tools", "input", "instructions")]
+    return sum(len(json.dumps(p, default=str)) for p in parts if p)
+
+
+def clamp_max_tokens(data: dict[str, Any], settings: dict[str, Any],
+                     call_type: str) -> dict[str, Any]:
+    """Output cap = the client's value (or the default), never above the model's cap nor
+    above what is left of the context after the prompt. Never rejected for being too big."""
+    field = MAX_TOKENS_FIELD.get(call_type, "max_tokens")
+    rule = (settings.get("sampling") or {}).get("max_tokens")
+    requested = data.get(field)
+    if field == "max_tokens" and requested is None:
+        requested = data.get("max_completion_tokens")
+        if requested is not None:
+            field = "max_completion_tokens"
+    if rule and (rule.get("enforce") or requested is None):
+        requested = rule["value"]
+    if requested is None:
+        return data
+    cap = settings.get("max_output_tokens")
+    context = settings.get("context_length")
+    allowed = int(requested)
+    if cap:
+        allowed = min(allowed, int(cap))
+    if context:
+        prompt_estimate = _prompt_chars(data) // CHARS_PER_TOKEN_LOWER_BOUND + PROMPT_OVERHEAD_TOKENS
+        allowed = min(allowed, max(1, int(context) - prompt_estimate))
+    data[field] = max(1, allowed)
+    return data
+
+
+class ProxyHandler(CustomLogger):
+    async def async_pre_call_hook(self, user_api_key_dict: UserAPIKeyAuth, cache: Any,
+                                  data: dict, call_type: Any) -> dict:
+        settings = MODEL_SETTINGS.get()
+        if not settings or data.get("model") not in settings.get("model_names", []):
+            return data
+        call = str(getattr(call_type, "value", call_type))
+        apply_sampling(data, settings.get("sampling") or {}, call)
+        clamp_max_tokens(data, settings, call)
+        return data
+
+
+proxy_handler = ProxyHandler()
