@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# Proxy container: read the rendered config from the shared tmpfs, then exec LiteLLM.
+set -euo pipefail
+exec python3 -m vllm_mms proxy-entrypoint
