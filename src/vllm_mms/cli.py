@@ -230,3 +230,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - one line for the user, traceback on request
+        if os.environ.get("MMS_DEBUG"):
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc} (MMS_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1

@@ -6,7 +6,7 @@ environment variables (the same names as in vars.env). Merged as data, never as 
 
 from __future__ import annotations
 
-import os
+import io
 import re
 import shlex
 from pathlib import Path
@@ -62,17 +62,22 @@ class LitellmSection(Strict):
     """Proxy-side behaviour for one model. A plain number is a *default* (fills in only what
     the client left out); `{value: X, enforce: true}` is *enforced* (replaces the client's)."""
 
-    temperature: Optional[Union[Annotated[float, Field(ge=0, le=2)], Enforced]] = None
-    top_p: Optional[Union[Annotated[float, Field(gt=0, le=1)], Enforced]] = None
-    top_k: Optional[Union[Annotated[int, Field(ge=-1)], Enforced]] = None
-    repetition_penalty: Optional[Union[Annotated[float, Field(gt=0)], Enforced]] = None
+    temperature: Optional[Union[Annotated[float, Field(ge=0, le=2)], Enforced]] = Field(
+        None, description='Sampling temperature.')
+    top_p: Optional[Union[Annotated[float, Field(gt=0, le=1)], Enforced]] = Field(
+        None, description='Nucleus sampling.')
+    top_k: Optional[Union[Annotated[int, Field(ge=-1)], Enforced]] = Field(
+        None, description='Top-k sampling (sent to vLLM; -1 = off).')
+    repetition_penalty: Optional[Union[Annotated[float, Field(gt=0)], Enforced]] = Field(
+        None, description="vLLM's repetition penalty (1.0 = off).")
     max_tokens: Optional[Union[Size, EnforcedSize]] = Field(
         None, description="Output cap; requests asking for more are clamped to it.")
     max_parallel_requests: Optional[Annotated[int, Field(gt=0)]] = Field(
         None, description="Requests in flight at once through the proxy; more get 429.")
     request_timeout: Optional[Annotated[int, Field(gt=0)]] = Field(
         None, description="Seconds before the proxy gives up on the engine.")
-    num_retries: Optional[Annotated[int, Field(ge=0)]] = None
+    num_retries: Optional[Annotated[int, Field(ge=0)]] = Field(
+        None, description="Retries on engine errors.")
     rpm: Optional[Annotated[int, Field(gt=0)]] = Field(
         None, description="Requests per minute per API key; more get 429 with Retry-After.")
 
@@ -106,19 +111,33 @@ class ModelFile(Strict):
 class Settings(Strict):
     """Global settings: built-in defaults, overridden by vars.env, then by the environment."""
 
-    LITELLM_TEMPERATURE: Optional[Annotated[float, Field(ge=0, le=2)]] = None
-    LITELLM_TOP_P: Optional[Annotated[float, Field(gt=0, le=1)]] = None
-    LITELLM_TOP_K: Optional[Annotated[int, Field(ge=-1)]] = None
-    LITELLM_REPETITION_PENALTY: Optional[Annotated[float, Field(gt=0)]] = None
-    LITELLM_MAX_TOKENS: Optional[Size] = None
-    MAX_PARALLEL_REQUESTS: Annotated[int, Field(gt=0)] = 8
-    LITELLM_REQUEST_TIMEOUT: Annotated[int, Field(gt=0)] = 600
-    LITELLM_NUM_RETRIES: Annotated[int, Field(ge=0)] = 0
-    LITELLM_KEY_RPM: Optional[Annotated[int, Field(gt=0)]] = None
-    LITELLM_MASTER_KEY: str = Field("sk-FAKE", min_length=1)
-    LITELLM_PORT: Annotated[int, Field(gt=0, lt=65536)] = 4000
-    VLLM_PORT: Annotated[int, Field(gt=0, lt=65536)] = 8000
-    BIND_ADDRESS: str = "127.0.0.1"
+    LITELLM_TEMPERATURE: Optional[Annotated[float, Field(ge=0, le=2)]] = Field(
+        None, description="Default temperature for every model (a model file overrides it).")
+    LITELLM_TOP_P: Optional[Annotated[float, Field(gt=0, le=1)]] = Field(
+        None, description="Default top_p.")
+    LITELLM_TOP_K: Optional[Annotated[int, Field(ge=-1)]] = Field(
+        None, description="Default top_k (sent to vLLM; -1 = off).")
+    LITELLM_REPETITION_PENALTY: Optional[Annotated[float, Field(gt=0)]] = Field(
+        None, description="Default repetition_penalty (sent to vLLM).")
+    LITELLM_MAX_TOKENS: Optional[Size] = Field(
+        None, description="Default output cap; `128K` = 131072, `1M` = 1048576, `32k` = 32000. "
+                          "Requests asking for more are clamped, never rejected.")
+    MAX_PARALLEL_REQUESTS: Annotated[int, Field(gt=0)] = Field(
+        8, description="Requests in flight through the proxy at once; more get 429.")
+    LITELLM_REQUEST_TIMEOUT: Annotated[int, Field(gt=0)] = Field(
+        600, description="Seconds the proxy waits for the engine before failing the request.")
+    LITELLM_NUM_RETRIES: Annotated[int, Field(ge=0)] = Field(
+        0, description="Retries on engine errors (0: a local engine does not heal by retrying).")
+    LITELLM_KEY_RPM: Optional[Annotated[int, Field(gt=0)]] = Field(
+        None, description="Requests per minute per API key (empty = unlimited); more get 429 "
+                          "with Retry-After.")
+    LITELLM_MASTER_KEY: str = Field(
+        "sk-FAKE", min_length=1,
+        description="The key clients send. Prefer secrets/LITELLM_MASTER_KEY (it wins over vars.env).")
+    LITELLM_PORT: Annotated[int, Field(gt=0, lt=65536)] = Field(
+        4000, description="Proxy port on 127.0.0.1.")
+    VLLM_PORT: Annotated[int, Field(gt=0, lt=65536)] = Field(
+        8000, description="Engine port on 127.0.0.1 (local mode; compose publishes it to 127.0.0.1).")
 
     @classmethod
     def keys(cls) -> set[str]:
@@ -250,8 +269,6 @@ def read_env_file(path: Path) -> dict[str, str]:
     except UnicodeDecodeError:
         raise UserError(f"{label}: not UTF-8 text") from None
     values: dict[str, str] = {}
-    import io
-
     for binding in parse_stream(io.StringIO(text)):
         line = binding.original.line
         stripped = binding.original.string.strip()
@@ -296,11 +313,3 @@ def display_path(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
-
-
-def environ_overrides(environ: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
-    """Settings given explicitly in the environment (they beat files). Only known settings
-    and NCCL_* style engine variables already listed by name in vars.env are taken."""
-    environ = dict(os.environ if environ is None else environ)
-    known = {k: v for k, v in environ.items() if k in Settings.keys()}
-    return known, {}

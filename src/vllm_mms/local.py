@@ -232,28 +232,45 @@ def start_local(project: Project, name: str, detach: bool) -> int:
     return supervise(stack, procs)
 
 
+def spawn(label: str, argv: list[str], env: dict[str, str], logs: Path) -> subprocess.Popen:
+    """Start one supervised process in its own session (so a stop reaches its workers),
+    output appended to logs/<label>.log."""
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{label}.log", "ab") as log_handle:
+        return subprocess.Popen(argv, env=env, stdout=log_handle, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def proxy_process(resolved: Resolved, generated: Path, engine_key: str, logs: Path,
+                  port: int) -> subprocess.Popen:
+    """LiteLLM from this (tools) environment, with our hooks importable."""
+    env = {**os.environ, **proxy_environment(resolved.settings.LITELLM_MASTER_KEY, engine_key,
+                                             generated / MODELS_FILE)}
+    env["PYTHONPATH"] = str(paths.ROOT / "src")
+    argv = [str(Path(sys.executable).parent / "litellm"), "--config", str(generated / CONFIG_FILE),
+            "--host", "127.0.0.1", "--port", str(port)]
+    return spawn("proxy", argv, env, logs)
+
+
+def engine_process(resolved: Resolved, engine_python: Path, weights: Optional[Path],
+                   engine_key: str, logs: Path, port: int) -> subprocess.Popen:
+    base_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    base_env.update({"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"})
+    env = engine.engine_environment(resolved, engine_key, base_env)
+    argv = engine.engine_argv(resolved, host="127.0.0.1", port=port,
+                              cpu_python=str(engine_python), weights=weights)
+    (logs / "engine.argv.json").write_text(json.dumps(argv) + "\n")
+    return spawn("engine", argv, env, logs)
+
+
 def launch(resolved: Resolved, engine_python: Path, weights: Optional[Path], generated: Path,
            logs: Path) -> tuple[Stack, dict[str, subprocess.Popen]]:
     settings = resolved.settings
     key = engine.internal_api_key(resolved)
-    base_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    base_env.update({"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"})
-    engine_env = engine.engine_environment(resolved, key, base_env)
-    argv = engine.engine_argv(resolved, host="127.0.0.1", port=settings.VLLM_PORT,
-                              cpu_python=str(engine_python), weights=weights)
-    proxy_env = {**os.environ, **proxy_environment(settings.LITELLM_MASTER_KEY, key,
-                                                   generated / MODELS_FILE)}
-    proxy_env["PYTHONPATH"] = str(paths.ROOT / "src")
-    litellm_bin = Path(sys.executable).parent / "litellm"
-    proxy_argv = [str(litellm_bin), "--config", str(generated / CONFIG_FILE),
-                  "--host", "127.0.0.1", "--port", str(settings.LITELLM_PORT)]
-    (logs / "engine.argv.json").write_text(json.dumps(argv) + "\n")
-    procs = {}
-    for label, cmd, env in (("engine", argv, engine_env), ("proxy", proxy_argv, proxy_env)):
-        log_handle = open(logs / f"{label}.log", "ab")
-        procs[label] = subprocess.Popen(cmd, env=env, stdout=log_handle, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
-        log_handle.close()
+    procs = {
+        "engine": engine_process(resolved, engine_python, weights, key, logs, settings.VLLM_PORT),
+        "proxy": proxy_process(resolved, generated, key, logs, settings.LITELLM_PORT),
+    }
     stack = Stack(model=resolved.name, engine_pid=procs["engine"].pid,
                   proxy_pid=procs["proxy"].pid, engine_port=settings.VLLM_PORT,
                   proxy_port=settings.LITELLM_PORT, log_dir=str(logs), started=time.time())
