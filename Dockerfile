@@ -4,6 +4,8 @@
 ARG BASE_IMAGE=scitrera/dgx-spark-vllm:0.16.0-t5
 FROM ${BASE_IMAGE}
 
+# Debian package versions differ per base image tag; the base image pins the distribution.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends git build-essential curl \
     && rm -rf /var/lib/apt/lists/*

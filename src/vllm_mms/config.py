@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from dotenv.parser import parse_stream
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
-                      field_validator)
+                      WithJsonSchema, field_validator)
 
 from .errors import UserError
 
@@ -23,7 +23,7 @@ MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # vars.env names outside the typed settings that are handed to the engine untouched.
 ENGINE_ENV_PREFIXES = ("NCCL_", "GLOO_", "VLLM_", "HF_", "CUDA_", "TORCH_", "OMP_", "RAY_")
-SHELL_OPERATORS = {";", "&&", "||", "|", "&", ">", ">>", "<", "`", "$("}
+SHELL_PUNCTUATION = set(";&|<>()`")
 SAMPLING_PARAMS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_tokens")
 
 
@@ -39,7 +39,10 @@ def parse_size(value: Any) -> Any:
     return value
 
 
-Size = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
+Size = Annotated[int, BeforeValidator(parse_size), Field(gt=0), WithJsonSchema({
+    "anyOf": [{"type": "integer", "exclusiveMinimum": 0},
+              {"type": "string", "pattern": r"^\s*[0-9]+\s*[kKmM]?\s*$"}],
+    "description": "A token count: 32000, 32k (=32000), 32K (=32768), 1M (=1048576)."})]
 
 
 class Strict(BaseModel):
@@ -180,20 +183,48 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _describe(errors: ValidationError) -> str:
-    first = errors.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "union")))
-    # Union members add their type name to the path; keep the user-facing field path.
-    loc = re.sub(r"\.(float|int|Enforced|EnforcedSize|constrained-int|constrained-float)\b.*$",
-                 "", loc)
-    message = first["msg"]
-    if first["type"] == "extra_forbidden":
-        message = "unknown field"
-    elif first["type"] == "missing":
-        message = "required field is missing"
-    more = len(errors.errors()) - 1
+_BRANCH_MARKERS = ("constrained-", "function-", "float", "int", "str")
+_ENFORCED_BRANCHES = ("Enforced", "EnforcedSize")
+
+
+def _split_loc(loc: tuple[Any, ...]) -> tuple[str, Optional[str], str]:
+    """(field path, union branch or None, path inside the branch)."""
+    parts = [str(p) for p in loc]
+    for i, part in enumerate(parts):
+        if part in _ENFORCED_BRANCHES or part.startswith(_BRANCH_MARKERS):
+            return ".".join(parts[:i]), part, ".".join(parts[i + 1:])
+    return ".".join(parts), None, ""
+
+
+def _lookup(data: Any, path: str) -> Any:
+    for key in path.split(".") if path else []:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def _describe(errors: ValidationError, data: Any = None) -> str:
+    """The first problem, as `field.path: message`. For `number or {value, enforce}` fields,
+    report the branch matching what the user wrote (a mapping → the enforced form)."""
+    kept: list[tuple[str, str]] = []
+    for err in errors.errors():
+        field, branch, inner = _split_loc(err["loc"])
+        if branch is not None:
+            wrote_mapping = isinstance(_lookup(data, field), dict)
+            if wrote_mapping != (branch in _ENFORCED_BRANCHES):
+                continue
+        path = f"{field}.{inner}" if inner else field
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif err["type"] == "missing":
+            message = "required field is missing"
+        kept.append((path, message))
+    if not kept:
+        kept = [(".".join(str(p) for p in errors.errors()[0]["loc"]), errors.errors()[0]["msg"])]
+    path, message = kept[0]
+    more = len(kept) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return f"{loc}: {message}{suffix}" if loc else f"{message}{suffix}"
+    return f"{path}: {message}{suffix}" if path else f"{message}{suffix}"
 
 
 def check_model_name(name: str, models_dir: Path) -> None:
@@ -235,7 +266,7 @@ def load_model_file(path: Path) -> ModelFile:
     try:
         model = ModelFile.model_validate(data)
     except ValidationError as exc:
-        raise UserError(f"{label}: {_describe(exc)}") from None
+        raise UserError(f"{label}: {_describe(exc, data)}") from None
     try:
         parse_command(model.command)
     except UserError as exc:
@@ -253,8 +284,11 @@ def parse_command(command: str) -> list[str]:
         raise UserError(f"must start with 'vllm serve', got {' '.join(argv[:2])!r}")
     if len(argv) < 3 or argv[2].startswith("-"):
         raise UserError("'vllm serve' needs the model id right after it")
-    for token in argv:
-        if token in SHELL_OPERATORS or token.startswith("$("):
+    # Operators outside quotes (`;`, `|`, `&&`, `>`, `$(`...) mean the line was written for a
+    # shell; it is exec'd without one, so refuse it rather than pass them to vLLM as arguments.
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    for token in lexer:
+        if token and all(c in SHELL_PUNCTUATION for c in token):
             raise UserError(f"{token!r} is shell syntax; the command is run without a shell")
     return argv
 

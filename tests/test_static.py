@@ -1,0 +1,148 @@
+"""Static checks with real tools: Debian's docker-compose parses the compose file, hadolint
+lints the Dockerfiles, shellcheck the shell scripts. Plus the project's own conventions."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import ROOT
+
+pytestmark = pytest.mark.static
+TOOLS_BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name, path=f"{TOOLS_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed (./runMe.sh test installs it)")
+        pytest.skip(f"{name} is not installed here (./runMe.sh test installs it as root)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    """The compose file as docker-compose itself resolves it (variables, defaults, paths)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MODEL", "VLLM_PORT", "LITELLM_PORT", "HF_CACHE_DIR", "POSTGRES_PASSWORD")}
+    env["MODEL"] = "qwen3-next-coder"
+    proc = subprocess.run([tool("docker-compose"), "-f", str(ROOT / "docker-compose.yml"),
+                           "config"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return yaml.safe_load(proc.stdout)
+
+
+def ports(service: dict) -> list[str]:
+    return service.get("ports", [])
+
+
+def mounts(service: dict) -> dict[str, tuple[str, str]]:
+    """target -> (source, mode) from docker-compose 1.29's `source:target[:mode]` form."""
+    result = {}
+    for spec in service["volumes"]:
+        source, target, *mode = spec.split(":")
+        result[target] = (source, mode[0] if mode else "rw")
+    return result
+
+
+def test_services_and_names(compose):
+    assert sorted(compose["services"]) == ["litellm", "litellm_db", "vllm-node"]
+    assert compose["services"]["vllm-node"]["container_name"] == "vllm-container"
+    assert compose["services"]["litellm_db"]["image"] == "postgres:16"
+
+
+def test_model_reaches_both_containers(compose):
+    for name in ("vllm-node", "litellm"):
+        assert compose["services"][name]["environment"]["MODEL"] == "qwen3-next-coder"
+
+
+def test_ports_bound_to_loopback_only(compose):
+    services = compose["services"]
+    assert ports(services["litellm_db"]) == []
+    assert ports(services["litellm"]) == ["127.0.0.1:4000:4000/tcp"]
+    assert ports(services["vllm-node"]) == ["127.0.0.1:8000:8000/tcp"]
+
+
+def test_engine_health_check_gpu_and_mounts(compose):
+    engine = compose["services"]["vllm-node"]
+    assert engine["healthcheck"] == {"test": ["CMD", "/app/scripts/healthcheck.sh"],
+                                     "interval": "30s", "timeout": "10s", "retries": 3,
+                                     "start_period": "150s"}
+    assert engine["restart"] == "unless-stopped"
+    assert engine["ipc"] == "host"
+    devices = engine["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    binds = mounts(engine)
+    for target, name in (("/app/models", "models"), ("/app/secrets", "secrets"),
+                         ("/app/scripts", "scripts"), ("/app/vars.env", "vars.env")):
+        assert binds[target] == (str(ROOT / name), "ro"), target
+    assert binds["/root/.cache/huggingface"][0].endswith("/.cache/huggingface")
+    assert binds["/app/generated_configs"] == ("generated_configs", "rw")
+
+
+def test_proxy_waits_for_healthy_engine_and_database(compose):
+    proxy = compose["services"]["litellm"]
+    assert proxy["depends_on"] == {"vllm-node": {"condition": "service_healthy"},
+                                   "litellm_db": {"condition": "service_healthy"}}
+    assert proxy["healthcheck"]["interval"] == "30s"
+    assert proxy["healthcheck"]["start_period"] == "30s"
+    assert "/health/liveliness" in " ".join(proxy["healthcheck"]["test"])
+    assert mounts(proxy)["/app/generated_configs"] == ("generated_configs", "ro")
+    assert "DATABASE_URL" not in proxy["environment"]  # would start LiteLLM's Prisma layer
+
+
+def test_database_health_and_volume(compose):
+    db = compose["services"]["litellm_db"]
+    assert db["healthcheck"]["test"] == ["CMD-SHELL", "pg_isready -U litellm -d litellm"]
+    assert db["healthcheck"]["interval"] == "1s"
+    assert mounts(db) == {"/var/lib/postgresql/data": ("postgres_data", "rw")}
+
+
+def test_generated_configs_volume_is_tmpfs(compose):
+    volume = compose["volumes"]["generated_configs"]
+    assert volume["driver_opts"]["type"] == "tmpfs"
+    assert "postgres_data" in compose["volumes"]
+
+
+def test_compose_parse_fails_on_a_broken_file(tmp_path):
+    """The parser is real: a wrong shape is refused."""
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text("services:\n  x:\n    ports: 5\n")
+    proc = subprocess.run([tool("docker-compose"), "-f", str(broken), "config"],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.proxy"])
+def test_hadolint(dockerfile):
+    proc = subprocess.run([tool("hadolint"), str(ROOT / dockerfile)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_engine_dockerfile_base_image_is_a_build_arg():
+    text = (ROOT / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=scitrera/dgx-spark-vllm:0.16.0-t5\nFROM ${BASE_IMAGE}\n" in text
+    assert "WORKDIR /app" in text
+    proxy = (ROOT / "Dockerfile.proxy").read_text()
+    assert "pip install --no-cache-dir --require-hashes -r requirements/proxy.txt" in proxy
+
+
+def shell_scripts() -> list[Path]:
+    return sorted([ROOT / "runMe.sh", *ROOT.glob("scripts/*.sh"), *ROOT.glob("launchers/*.sh"),
+                   ROOT / ".ci" / "run"])
+
+
+@pytest.mark.parametrize("script", shell_scripts(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_shellcheck(script):
+    proc = subprocess.run([tool("shellcheck"), "-x", str(script)], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout
+    assert os.access(script, os.X_OK) or script.name == "run"
