@@ -33,13 +33,14 @@ def test_rendered_config_for_glm(project_dir, tmp_path):
     assert config["router_settings"] == {"num_retries": 0, "timeout": 600}
     assert config["general_settings"] == {
         "master_key": "os.environ/LITELLM_MASTER_KEY",
-        "custom_auth": "vllm_mms.proxy_hooks.custom_auth",
-        "global_max_parallel_requests": 8}
+        "custom_auth": "vllm_mms.proxy_hooks.custom_auth"}
     models = yaml.safe_load(written["models.yml"].read_text())
     assert models["sampling"] == {"temperature": {"value": 0.7, "enforce": False},
                                   "top_p": {"value": 1.0, "enforce": False},
                                   "max_tokens": {"value": 32768, "enforce": False}}
     assert models["max_output_tokens"] == 32768
+    assert models["limits"] == {"max_parallel_requests": 8, "request_timeout": 600,
+                                "num_retries": 0, "rpm": None}
     assert models["api_base"] == COMPOSE_API_BASE
 
 

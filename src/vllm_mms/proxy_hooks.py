@@ -81,6 +81,7 @@ async def custom_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
         key_alias="master",
         user_role=LitellmUserRoles.PROXY_ADMIN,
         rpm_limit=limits.get("rpm"),
+        max_parallel_requests=limits.get("max_parallel_requests"),
     )
 
 

@@ -54,7 +54,6 @@ def render_config(template_path: Path, resolved: Resolved, api_base: str) -> str
             api_base=api_base,
             request_timeout=resolved.limits["request_timeout"],
             num_retries=resolved.limits["num_retries"],
-            max_parallel_requests=resolved.limits["max_parallel_requests"],
             context_length=resolved.context_length,
             max_output_tokens=max_output_tokens(resolved),
         )

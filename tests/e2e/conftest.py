@@ -1,0 +1,141 @@
+"""End-to-end fixtures: the real local stack (vLLM CPU + LiteLLM, started once per session
+through ./runMe.sh on free ports), and LiteLLM proxies in front of a recording upstream."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from vllm_mms import local
+from vllm_mms.render import render
+from vllm_mms.resolve import Project, resolve
+
+from ..conftest import REAL_CACHE, ROOT, SETTING_NAMES
+from .upstream import RecordingUpstream
+
+MASTER_KEY = "sk-e2e-master-key-7f3a"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def copy_project(dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    shutil.copytree(ROOT / "models", dest / "models")
+    shutil.copy(ROOT / "vars.env", dest / "vars.env")
+    shutil.copy(ROOT / "litellm_config.template.yaml", dest / "litellm_config.template.yaml")
+    (dest / "secrets").mkdir()
+    return dest
+
+
+def wait_for(url: str, deadline_s: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was up")
+        if local.http_ok(url):
+            return
+        time.sleep(0.3)
+    raise TimeoutError(url)
+
+
+@dataclass
+class Stack:
+    base_url: str
+    engine_url: str
+    key: str
+    env: dict[str, str]
+    state_dir: Path
+    cold_start_s: float
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory) -> Iterator[Stack]:
+    base = tmp_path_factory.mktemp("stack")
+    project = copy_project(base / "project")
+    (project / "secrets" / "LITELLM_MASTER_KEY").write_text(MASTER_KEY + "\n")
+    proxy_port, engine_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
+    env.update({"HOME": str(base / "home"), "MMS_CACHE_DIR": str(REAL_CACHE),
+                "MMS_STATE_DIR": str(base / "state"), "MMS_PROJECT_DIR": str(project),
+                "LITELLM_PORT": str(proxy_port), "VLLM_PORT": str(engine_port)})
+    started = time.monotonic()
+    proc = subprocess.run([str(ROOT / "runMe.sh"), "--local", "-d"], env=env, capture_output=True,
+                          text=True, timeout=900)
+    cold = time.monotonic() - started
+    if proc.returncode != 0:
+        logs = base / "state" / "logs"
+        detail = "\n".join(f"--- {p.name}\n{local.tail(p, 40)}" for p in sorted(logs.glob("*.log")))
+        pytest.fail(f"./runMe.sh --local failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}\n{detail}")
+    print(f"\n[e2e] local stack ready in {cold:.1f}s (proxy :{proxy_port}, engine :{engine_port})")
+    yield Stack(base_url=f"http://127.0.0.1:{proxy_port}", engine_url=f"http://127.0.0.1:{engine_port}",
+                key=MASTER_KEY, env=env, state_dir=base / "state", cold_start_s=cold)
+    subprocess.run([str(ROOT / "runMe.sh"), "down"], env=env, capture_output=True, timeout=120)
+
+
+@dataclass
+class RecordingProxy:
+    base_url: str
+    upstream: RecordingUpstream
+    key: str
+    log: Path
+
+
+RECORDING_MODEL = """\
+description: recording test model
+context_length: 4096
+command: vllm serve test/recorder --max-model-len 4096
+env: {}
+litellm:
+%s
+"""
+
+
+@pytest.fixture(scope="session")
+def recording_proxy_factory(tmp_path_factory):
+    """Start a real LiteLLM proxy (our config + hooks) in front of a recording upstream."""
+    started: list[tuple[subprocess.Popen, RecordingUpstream]] = []
+
+    def start(litellm_section: str, vars_env: str = "") -> RecordingProxy:
+        base = tmp_path_factory.mktemp("recording")
+        project = copy_project(base / "project")
+        (project / "models" / "recorder.yml").write_text(RECORDING_MODEL % litellm_section)
+        (project / "vars.env").write_text(vars_env)
+        upstream = RecordingUpstream().__enter__()
+        resolved = resolve(Project(project), "recorder", environ={"LITELLM_MASTER_KEY": MASTER_KEY})
+        generated = base / "generated"
+        render(Project(project), resolved, generated,
+               api_base=f"http://127.0.0.1:{upstream.port}/v1")
+        port = free_port()
+        proc = local.proxy_process(resolved, generated, "sk-upstream-key", base / "logs", port)
+        started.append((proc, upstream))
+        wait_for(f"http://127.0.0.1:{port}/health/liveliness", 120, proc)
+        return RecordingProxy(f"http://127.0.0.1:{port}", upstream, MASTER_KEY,
+                              base / "logs" / "proxy.log")
+
+    yield start
+    for proc, upstream in started:
+        local.terminate([proc.pid], grace=5)
+        upstream.__exit__(None, None, None)
