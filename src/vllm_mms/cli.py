@@ -19,7 +19,7 @@ from .resolve import Project, resolve
 DEFAULT_COMPOSE_MODEL = "glm47-flash"
 DEFAULT_LOCAL_MODEL = "smollm2-135m-cpu"
 COMMANDS = ("render", "up", "down", "entrypoint", "proxy-entrypoint", "healthcheck",
-            "schema", "docs", "test", "help", "list")
+            "schema", "docs", "test", "bench", "help", "list")
 
 USAGE = """\
 usage:
@@ -31,6 +31,7 @@ usage:
   ./runMe.sh down                     stop what runs (compose and local mode)
   ./runMe.sh render NAME [--out DIR]  write the generated config, print the engine command
   ./runMe.sh test [PYTEST ARGS]       run the test suite (installs what it needs)
+  ./runMe.sh bench [--rounds N]       tokens/s direct to the engine vs through the proxy
   ./runMe.sh schema | docs            print the model-file JSON Schema | regenerate CONFIGURATION.md
 """
 
@@ -209,6 +210,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if argv[0] == "test":
             return cmd_test(argparse.Namespace(), argv[1:])
+        if argv[0] == "bench":
+            script = str(paths.ROOT / "bench" / "throughput.py")
+            os.execv(sys.executable, [sys.executable, script, *argv[1:]])
         parser = build_parser()
         try:
             args = parser.parse_args(argv)

@@ -76,8 +76,9 @@ def proxy_environment(master_key: str, engine_key: str, models_file: Path) -> di
     }
 
 
-def healthcheck(port: int = 8000) -> int:
+def healthcheck() -> int:
     """Healthy = the config was rendered and the engine lists the served model."""
+    port = int(os.environ.get("MMS_ENGINE_PORT", "8000"))
     config_path = GENERATED_DIR / CONFIG_FILE
     key_path = GENERATED_DIR / ENGINE_KEY_FILE
     if not config_path.is_file() or not key_path.is_file():

@@ -19,6 +19,7 @@ class RecordingUpstream:
         self.headers: list[dict[str, str]] = []
         self.release = threading.Event()
         self.in_flight = 0
+        self.model_id = "vllm_agent"
         self._lock = threading.Lock()
         upstream = self
 
@@ -38,7 +39,8 @@ class RecordingUpstream:
 
             def do_GET(self) -> None:  # noqa: N802
                 if self.path.rstrip("/").endswith("/models"):
-                    self._send(200, {"object": "list", "data": [{"id": "vllm_agent", "object": "model"}]})
+                    self._send(200, {"object": "list",
+                                     "data": [{"id": upstream.model_id, "object": "model"}]})
                 else:
                     self._send(200, {})
 
