@@ -19,7 +19,7 @@ from .resolve import Project, resolve
 DEFAULT_COMPOSE_MODEL = "glm47-flash"
 DEFAULT_LOCAL_MODEL = "smollm2-135m-cpu"
 COMMANDS = ("render", "up", "down", "entrypoint", "proxy-entrypoint", "healthcheck",
-            "schema", "docs", "test", "bench", "help", "list")
+            "schema", "docs", "test", "bench", "launch", "install-clients", "help", "list")
 
 USAGE = """\
 usage:
@@ -30,6 +30,9 @@ usage:
                                       (default smollm2-135m-cpu; ports: LITELLM_PORT, VLLM_PORT)
   ./runMe.sh down                     stop what runs (compose and local mode)
   ./runMe.sh render NAME [--out DIR]  write the generated config, print the engine command
+  ./runMe.sh launch claude|codex|opencode [--force] [--model ID] [-- CLIENT ARGS]
+                                      start a coding agent against the running proxy
+  ./runMe.sh install-clients          install the pinned agent CLIs (npm) into the cache
   ./runMe.sh test [PYTEST ARGS]       run the test suite (installs what it needs)
   ./runMe.sh bench [--rounds N]       tokens/s direct to the engine vs through the proxy
   ./runMe.sh schema | docs            print the model-file JSON Schema | regenerate CONFIGURATION.md
@@ -166,6 +169,31 @@ def cmd_local(args: argparse.Namespace) -> int:
     return local.start_local(project(), args.model or DEFAULT_LOCAL_MODEL, detach=args.detach)
 
 
+def cmd_launch(argv: list[str]) -> int:
+    """`launch CLIENT [--force] [--model ID] [--] [CLIENT ARGS]`: our two flags are taken
+    wherever they appear before `--`; everything else goes to the client."""
+    from .launch import launch
+
+    if not argv or argv[0].startswith("-"):
+        raise UserError("launch needs a client: claude, codex or opencode", 2)
+    client, rest = argv[0], argv[1:]
+    force, model, client_args = False, None, []
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--":
+            client_args.extend(rest)
+            break
+        if arg == "--force":
+            force = True
+        elif arg == "--model" and rest:
+            model = rest.pop(0)
+        elif arg.startswith("--model="):
+            model = arg.split("=", 1)[1]
+        else:
+            client_args.append(arg)
+    return launch(project(), client, client_args, force=force, model=model)
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,6 +238,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if argv[0] == "test":
             return cmd_test(argparse.Namespace(), argv[1:])
+        if argv[0] == "launch":
+            return cmd_launch(argv[1:])
+        if argv[0] == "install-clients":
+            from .launch import install_clients
+
+            print(install_clients())
+            return 0
         if argv[0] == "bench":
             script = str(paths.ROOT / "bench" / "throughput.py")
             os.execv(sys.executable, [sys.executable, script, *argv[1:]])

@@ -93,6 +93,27 @@ def load_secrets(secrets_dir: Path) -> dict[str, str]:
     return secrets
 
 
+def _global_layers(project: Project, environ: dict[str, str]):
+    file_values = config.read_env_file(project.vars_env)
+    file_known, passthrough = config.settings_from(file_values, "vars.env")
+    config.validate_settings(file_known, "vars.env")
+    env_known = {k: v for k, v in environ.items() if k in Settings.keys() and v != ""}
+    config.validate_settings(env_known, "environment")
+    secrets = load_secrets(project.secrets_dir)
+    # Global settings: built-in < vars.env < secrets file (for the key) < environment.
+    layered = dict(file_known)
+    if "LITELLM_MASTER_KEY" in secrets:
+        layered["LITELLM_MASTER_KEY"] = secrets["LITELLM_MASTER_KEY"]
+    layered.update(env_known)
+    settings = config.validate_settings(layered, "settings")
+    return settings, file_known, env_known, passthrough, secrets
+
+
+def global_settings(project: Project, environ: Optional[dict[str, str]] = None) -> Settings:
+    """The settings that do not depend on a model (ports, the proxy key, ...)."""
+    return _global_layers(project, dict(os.environ if environ is None else environ))[0]
+
+
 def resolve(project: Project, name: str, environ: Optional[dict[str, str]] = None) -> Resolved:
     environ = dict(os.environ if environ is None else environ)
     config.check_model_name(name, project.models_dir)
@@ -100,19 +121,7 @@ def resolve(project: Project, name: str, environ: Optional[dict[str, str]] = Non
     model = config.load_model_file(model_path)
     _check_context(model, config.display_path(model_path))
 
-    file_values = config.read_env_file(project.vars_env)
-    file_known, passthrough = config.settings_from(file_values, "vars.env")
-    config.validate_settings(file_known, "vars.env")
-    env_known = {k: v for k, v in environ.items() if k in Settings.keys() and v != ""}
-    config.validate_settings(env_known, "environment")
-    secrets = load_secrets(project.secrets_dir)
-
-    # Global settings: built-in < vars.env < secrets file (for the key) < environment.
-    layered = dict(file_known)
-    if "LITELLM_MASTER_KEY" in secrets:
-        layered["LITELLM_MASTER_KEY"] = secrets["LITELLM_MASTER_KEY"]
-    layered.update(env_known)
-    settings = config.validate_settings(layered, "settings")
+    settings, file_known, env_known, passthrough, secrets = _global_layers(project, environ)
 
     sampling: dict[str, dict[str, Any]] = {}
     file_settings = config.validate_settings(file_known, "vars.env")

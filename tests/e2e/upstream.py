@@ -20,6 +20,7 @@ class RecordingUpstream:
         self.release = threading.Event()
         self.in_flight = 0
         self.model_id = "vllm_agent"
+        self.model_entries: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         upstream = self
 
@@ -38,7 +39,10 @@ class RecordingUpstream:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:  # noqa: N802
-                if self.path.rstrip("/").endswith("/models"):
+                upstream.headers.append(dict(self.headers))
+                if self.path.rstrip("/").endswith("/models") and upstream.model_entries:
+                    self._send(200, {"object": "list", "data": upstream.model_entries})
+                elif self.path.rstrip("/").endswith("/models"):
                     self._send(200, {"object": "list",
                                      "data": [{"id": upstream.model_id, "object": "model"}]})
                 else:

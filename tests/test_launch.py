@@ -1,0 +1,149 @@
+"""The exact configuration each launcher generates, and its refusals (no proxy, no client,
+context too small). The clients themselves run in tests/e2e/test_agents.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vllm_mms.launch import Target, check_context, client_setup
+from vllm_mms.errors import UserError
+
+from .conftest import run_cli
+from .e2e.upstream import RecordingUpstream
+
+TARGET = Target(base_url="http://127.0.0.1:4000", key="sk-test", model="qwen3-next-coder",
+                context=204800, max_output=32768)
+
+
+def test_claude_environment(tmp_path):
+    env, args = client_setup("claude", TARGET, tmp_path)
+    assert args == []
+    assert env == {
+        "MMS_PROXY_KEY": "sk-test",
+        "ANTHROPIC_BASE_URL": "http://127.0.0.1:4000",
+        "ANTHROPIC_AUTH_TOKEN": "sk-test",
+        "ANTHROPIC_API_KEY": "",
+        "ANTHROPIC_MODEL": "qwen3-next-coder",
+        "ANTHROPIC_DEFAULT_OPUS_MODEL": "qwen3-next-coder",
+        "ANTHROPIC_DEFAULT_SONNET_MODEL": "qwen3-next-coder",
+        "ANTHROPIC_DEFAULT_HAIKU_MODEL": "qwen3-next-coder",
+        "ANTHROPIC_SMALL_FAST_MODEL": "qwen3-next-coder",
+        "CLAUDE_CONFIG_DIR": str(tmp_path),
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_ERROR_REPORTING": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "32768",
+    }
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_codex_config(tmp_path):
+    env, args = client_setup("codex", TARGET, tmp_path)
+    assert env == {"MMS_PROXY_KEY": "sk-test", "CODEX_HOME": str(tmp_path)}
+    assert (tmp_path / "config.toml").read_text() == (
+        'model = "qwen3-next-coder"\n'
+        'model_provider = "mms"\n'
+        "model_context_window = 204800\n"
+        "model_max_output_tokens = 32768\n"
+        "\n"
+        "[model_providers.mms]\n"
+        'name = "vLLM Multi-Model Server"\n'
+        'base_url = "http://127.0.0.1:4000/v1"\n'
+        'env_key = "MMS_PROXY_KEY"\n'
+        'wire_api = "responses"\n')
+    assert "sk-test" not in (tmp_path / "config.toml").read_text()
+
+
+def test_opencode_config(tmp_path):
+    env, args = client_setup("opencode", TARGET, tmp_path)
+    assert env == {"MMS_PROXY_KEY": "sk-test",
+                   "OPENCODE_CONFIG": str(tmp_path / "opencode.json"),
+                   "XDG_CONFIG_HOME": str(tmp_path / "config"),
+                   "XDG_DATA_HOME": str(tmp_path / "data"),
+                   "XDG_STATE_HOME": str(tmp_path / "state"),
+                   "XDG_CACHE_HOME": str(tmp_path / "cache"),
+                   "OPENCODE_DISABLE_AUTOUPDATE": "1"}
+    assert json.loads((tmp_path / "opencode.json").read_text()) == {
+        "$schema": "https://opencode.ai/config.json",
+        "autoupdate": False,
+        "share": "disabled",
+        "model": "mms/qwen3-next-coder",
+        "provider": {"mms": {
+            "npm": "@ai-sdk/openai-compatible",
+            "name": "vLLM Multi-Model Server",
+            "options": {"baseURL": "http://127.0.0.1:4000/v1", "apiKey": "{env:MMS_PROXY_KEY}"},
+            "models": {"qwen3-next-coder": {"name": "qwen3-next-coder",
+                                            "limit": {"context": 204800, "output": 32768}}},
+        }},
+    }
+
+
+def test_small_context_is_refused_unless_forced():
+    small = Target("http://x", "k", "smollm2-135m-cpu", 8192, 2048)
+    with pytest.raises(UserError) as caught:
+        check_context("claude", small, force=False)
+    assert caught.value.message == (
+        "smollm2-135m-cpu has a 8192-token context; claude needs at least 32768 (its prompt "
+        "and tools alone are large). Use a model with a longer context, or --force to try anyway")
+    check_context("claude", small, force=True)
+    check_context("codex", TARGET, force=False)
+
+
+def test_launch_without_a_proxy_is_one_clear_line(tmp_path, project_dir):
+    port = 9  # discard port: nothing listens
+    result = run_cli("launch", "codex", project=project_dir,
+                     env={"MMS_PROXY_URL": f"http://127.0.0.1:{port}",
+                          "PATH": f"{tmp_path}:/usr/bin:/bin", "MMS_CACHE_DIR": str(tmp_path)})
+    # The client is looked up first: with none installed, that is the error.
+    assert (result.code, result.err) == (
+        1, "error: codex is not installed: ./runMe.sh install-clients (pinned versions), or "
+           "npm install -g @openai/codex\n")
+    fake = tmp_path / "codex"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    result = run_cli("launch", "codex", project=project_dir,
+                     env={"MMS_PROXY_URL": f"http://127.0.0.1:{port}",
+                          "PATH": f"{tmp_path}:/usr/bin:/bin", "MMS_CACHE_DIR": str(tmp_path)})
+    assert (result.code, result.err) == (
+        1, f"error: no proxy answers at http://127.0.0.1:{port}: start one with ./runMe.sh "
+           "--local (or MODEL=NAME ./runMe.sh), or point MMS_PROXY_URL at a remote one\n")
+
+
+def test_unknown_client_exits_2(project_dir):
+    result = run_cli("launch", "vim", project=project_dir)
+    assert (result.code, result.err) == (
+        2, "error: unknown client 'vim'; choose one of: claude, codex, opencode\n")
+
+
+def test_launcher_passes_config_to_the_client_and_removes_it_after(tmp_path, project_dir):
+    """A stand-in client records what it got; the model data comes from the proxy's answer."""
+    record = tmp_path / "record.json"
+    fake = tmp_path / "codex"
+    fake.write_text(f"""#!/usr/bin/env python3
+import json, os, sys
+home = os.environ["CODEX_HOME"]
+json.dump({{"argv": sys.argv[1:], "home": home,
+            "config": open(os.path.join(home, "config.toml")).read(),
+            "key": os.environ["MMS_PROXY_KEY"]}}, open({str(record)!r}, "w"))
+""")
+    fake.chmod(0o755)
+    with RecordingUpstream() as upstream:
+        upstream.model_entries = [{"id": "qwen3-next-coder", "max_input_tokens": 204800,
+                                   "max_output_tokens": 32768}, {"id": "vllm_agent"}]
+        result = run_cli("launch", "codex", "exec", "--", "--force", "hi", project=project_dir,
+                         env={"MMS_PROXY_URL": f"http://127.0.0.1:{upstream.port}/v1",
+                              "MMS_PROXY_KEY": "sk-remote",
+                              "PATH": f"{tmp_path}:/usr/bin:/bin",
+                              "MMS_CACHE_DIR": str(tmp_path)})
+        assert upstream.headers[-1]["Authorization"] == "Bearer sk-remote"
+    assert result.code == 0, result.err
+    seen = json.loads(record.read_text())
+    assert seen["argv"] == ["exec", "--force", "hi"]
+    assert seen["key"] == "sk-remote"
+    assert f'base_url = "http://127.0.0.1:{upstream.port}/v1"' in seen["config"]
+    assert "model_context_window = 204800" in seen["config"]
+    assert not Path(seen["home"]).exists()  # nothing left behind
