@@ -103,3 +103,12 @@ def test_all_catalog_models_resolve_with_the_shipped_vars_env(project_dir):
         resolved = resolve(Project(project_dir), path.stem, environ={})
         assert resolved.context_length, path.name
         assert resolved.model.description, path.name
+
+
+def test_stop_sequences_default_and_enforced(project_dir):
+    project = write(project_dir, "", '  stop: ["\\n\\n", "###"]\n')
+    assert resolve(project, "t", environ={}).sampling == {
+        "stop": {"value": ["\n\n", "###"], "enforce": False}}
+    project = write(project_dir, "", '  stop: {value: ["\\n\\n"], enforce: true}\n')
+    assert resolve(project, "t", environ={}).sampling == {
+        "stop": {"value": ["\n\n"], "enforce": True}}

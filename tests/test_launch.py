@@ -37,6 +37,8 @@ def test_claude_environment(tmp_path):
         "DISABLE_AUTOUPDATER": "1",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "32768",
+        "CLAUDE_CODE_MAX_CONTEXT_TOKENS": "204800",
+        "CLAUDE_CODE_AUTO_COMPACT_WINDOW": "204800",
     }
     assert list(tmp_path.iterdir()) == []
 
@@ -48,7 +50,6 @@ def test_codex_config(tmp_path):
         'model = "qwen3-next-coder"\n'
         'model_provider = "mms"\n'
         "model_context_window = 204800\n"
-        "model_max_output_tokens = 32768\n"
         "\n"
         "[model_providers.mms]\n"
         'name = "vLLM Multi-Model Server"\n'

@@ -61,6 +61,11 @@ class EnforcedSize(Strict):
     enforce: Literal[True] = Field(description="Must be true: override the client's value.")
 
 
+class EnforcedStop(Strict):
+    value: list[str] = Field(min_length=1)
+    enforce: Literal[True] = Field(description="Must be true: override the client's value.")
+
+
 class LitellmSection(Strict):
     """Proxy-side behaviour for one model. A plain number is a *default* (fills in only what
     the client left out); `{value: X, enforce: true}` is *enforced* (replaces the client's)."""
@@ -75,6 +80,8 @@ class LitellmSection(Strict):
         None, description="vLLM's repetition penalty (1.0 = off).")
     max_tokens: Optional[Union[Size, EnforcedSize]] = Field(
         None, description="Output cap; requests asking for more are clamped to it.")
+    stop: Optional[Union[Annotated[list[str], Field(min_length=1)], EnforcedStop]] = Field(
+        None, description="Stop sequences: generation ends before any of them.")
     max_parallel_requests: Optional[Annotated[int, Field(gt=0)]] = Field(
         None, description="Requests in flight at once through the proxy; more get 429.")
     request_timeout: Optional[Annotated[int, Field(gt=0)]] = Field(
@@ -183,8 +190,8 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-_BRANCH_MARKERS = ("constrained-", "function-", "float", "int", "str")
-_ENFORCED_BRANCHES = ("Enforced", "EnforcedSize")
+_BRANCH_MARKERS = ("constrained-", "function-", "float", "int", "str", "list")
+_ENFORCED_BRANCHES = ("Enforced", "EnforcedSize", "EnforcedStop")
 
 
 def _split_loc(loc: tuple[Any, ...]) -> tuple[str, Optional[str], str]:

@@ -29,6 +29,8 @@ def _type_name(annotation: Any) -> str:
     text = str(annotation)
     if "LitellmSection" in text:
         return "mapping (see below)"
+    if "EnforcedStop" in text:
+        return "list of strings, or `{value: [...], enforce: true}`"
     if text.startswith("list"):
         return "list of strings"
     if text.startswith("dict"):

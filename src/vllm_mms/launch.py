@@ -30,6 +30,7 @@ PACKAGES = {"claude": "@anthropic-ai/claude-code", "codex": "@openai/codex",
 # The smallest context each client works in: its system prompt and tool definitions alone
 # take this much (measured through the proxy, see LAUNCHER_GUIDE.md), plus room to answer.
 MIN_CONTEXT = {"claude": 32768, "codex": 16384, "opencode": 16384}
+CLAUDE_MIN_COMPACT_WINDOW = 100_000  # Claude Code ignores a smaller auto-compact window
 
 
 @dataclass
@@ -156,13 +157,19 @@ def client_setup(client: str, target: Target, config_dir: Path) -> tuple[dict[st
         })
         if target.max_output:
             env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(target.max_output)
+        # The real window of a model id Claude Code does not know, and compaction before it.
+        # Below its own minimums Claude Code refuses to start ("Prompt is too long"), so a
+        # small model launched with --force keeps Claude Code's defaults; the proxy clamps.
+        if target.context and target.context >= MIN_CONTEXT["claude"]:
+            env["CLAUDE_CODE_MAX_CONTEXT_TOKENS"] = str(target.context)
+        if target.context and target.context >= CLAUDE_MIN_COMPACT_WINDOW:
+            env["CLAUDE_CODE_AUTO_COMPACT_WINDOW"] = str(target.context)
         return env, []
     if client == "codex":
         lines = [
             f"model = {json.dumps(target.model)}",
             'model_provider = "mms"',
             *([f"model_context_window = {target.context}"] if target.context else []),
-            *([f"model_max_output_tokens = {target.max_output}"] if target.max_output else []),
             "",
             "[model_providers.mms]",
             'name = "vLLM Multi-Model Server"',

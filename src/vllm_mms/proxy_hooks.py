@@ -21,17 +21,18 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+import httpx
 import yaml
 from fastapi import Request
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import (LitellmUserRoles, ProxyErrorTypes, ProxyException,
                                   UserAPIKeyAuth)
 
-log = logging.getLogger("vllm_mms.proxy_hooks")
+from litellm._logging import verbose_proxy_logger as log  # noqa: E402 - shows in the proxy log
 
-# Anything not in this many characters per token is treated as a longer prompt (safe side).
+# Fewer characters per token than this is rare; the bound decides when to count exactly.
 CHARS_PER_TOKEN_LOWER_BOUND = 3
-PROMPT_OVERHEAD_TOKENS = 32  # chat template tokens around the messages
+PROMPT_OVERHEAD_TOKENS = 128  # chat template tokens around the messages, and a margin
 
 
 class _ModelSettings:
@@ -106,13 +107,75 @@ def apply_sampling(data: dict[str, Any], sampling: dict[str, dict[str, Any]],
     return data
 
 
-def _prompt_chars(data: dict[str, Any]) -> int:
-    parts = [data.get(k) for k in ("messages", "system", "tools", "input", "instructions")]
-    return sum(len(json.dumps(p, default=str)) for p in parts if p)
+PROMPT_FIELDS = ("messages", "system", "tools", "input", "instructions")
 
 
-def clamp_max_tokens(data: dict[str, Any], settings: dict[str, Any],
-                     call_type: str) -> dict[str, Any]:
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _prompt_text(data: dict[str, Any]) -> str:
+    """The prompt as one text, close to what the chat template renders: the text of the
+    messages and system prompt, and the tool schemas as compact JSON (templates embed them so).
+    Role names and template markers are covered by PROMPT_OVERHEAD_TOKENS."""
+    parts = [s for k in ("system", "instructions", "messages", "input") for s in _strings(data.get(k))]
+    if data.get("tools"):
+        parts.append(json.dumps(data["tools"], separators=(",", ":")))
+    return "\n".join(parts)
+
+
+def _chat_form(data: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The request as OpenAI chat messages and tools (Anthropic's system prompt and tool
+    schemas converted), for the engine's chat-template token count. None for other shapes."""
+    if not isinstance(data.get("messages"), list):
+        return None
+    messages = list(data["messages"])
+    system = data.get("system")
+    if system:
+        text = system if isinstance(system, str) else "\n".join(_strings(system))
+        messages.insert(0, {"role": "system", "content": text})
+    tools = []
+    for tool in data.get("tools") or []:
+        if isinstance(tool, dict) and "input_schema" in tool:  # Anthropic shape
+            tool = {"type": "function", "function": {
+                "name": tool.get("name", ""), "description": tool.get("description", ""),
+                "parameters": tool["input_schema"]}}
+        tools.append(tool)
+    form: dict[str, Any] = {"messages": messages, "add_generation_prompt": True}
+    if tools:
+        form["tools"] = tools
+    return form
+
+
+async def count_prompt_tokens(data: dict[str, Any], settings: dict[str, Any]) -> Optional[int]:
+    """The prompt's size by the engine's own tokenizer and chat template (vLLM's /tokenize);
+    if the engine cannot render the messages, the size of their text; None if both fail."""
+    base = str(settings.get("api_base", "")).rstrip("/").removesuffix("/v1")
+    headers = {"Authorization": f"Bearer {os.environ.get('VLLM_API_KEY', '')}"}
+    model = settings.get("served_model_name")
+    attempts = [form for form in (_chat_form(data),) if form is not None]
+    attempts.append({"prompt": _prompt_text(data)})
+    async with httpx.AsyncClient(timeout=5) as client:
+        for form in attempts:
+            try:
+                response = await client.post(f"{base}/tokenize", headers=headers,
+                                             json={"model": model, **form})
+                response.raise_for_status()
+                return int(response.json()["count"])
+            except (httpx.HTTPError, KeyError, ValueError, TypeError):
+                continue
+    log.warning("could not count prompt tokens with the engine; using an estimate")
+    return None
+
+
+async def clamp_max_tokens(data: dict[str, Any], settings: dict[str, Any], call_type: str,
+                           count=count_prompt_tokens) -> dict[str, Any]:
     """Output cap = the client's value (or the default), never above the model's cap nor
     above what is left of the context after the prompt. Never rejected for being too big."""
     field = MAX_TOKENS_FIELD.get(call_type, "max_tokens")
@@ -132,8 +195,14 @@ def clamp_max_tokens(data: dict[str, Any], settings: dict[str, Any],
     if cap:
         allowed = min(allowed, int(cap))
     if context:
-        prompt_estimate = _prompt_chars(data) // CHARS_PER_TOKEN_LOWER_BOUND + PROMPT_OVERHEAD_TOKENS
-        allowed = min(allowed, max(1, int(context) - prompt_estimate))
+        # A cheap upper bound first; ask the engine's tokenizer only when it might not fit.
+        upper_bound = len(_prompt_text(data)) // CHARS_PER_TOKEN_LOWER_BOUND + PROMPT_OVERHEAD_TOKENS
+        if allowed + upper_bound > int(context):
+            exact = await count(data, settings)
+            prompt = upper_bound if exact is None else exact + PROMPT_OVERHEAD_TOKENS
+            allowed = min(allowed, max(1, int(context) - prompt))
+            log.info("max_tokens %s -> %s (prompt ~%s tokens, context %s)", requested, allowed,
+                     prompt, context)
     data[field] = max(1, allowed)
     return data
 
@@ -146,7 +215,7 @@ class ProxyHandler(CustomLogger):
             return data
         call = str(getattr(call_type, "value", call_type))
         apply_sampling(data, settings.get("sampling") or {}, call)
-        clamp_max_tokens(data, settings, call)
+        await clamp_max_tokens(data, settings, call)
         return data
 
 

@@ -144,6 +144,11 @@ def resolve(project: Project, name: str, environ: Optional[dict[str, str]] = Non
                 entry["value"] = int(entry["value"])
             sampling[param] = entry
 
+    stop = model.litellm.stop  # per model only: no global setting
+    if stop is not None:
+        enforced = isinstance(stop, config.EnforcedStop)
+        sampling["stop"] = {"value": list(stop.value if enforced else stop), "enforce": enforced}
+
     limits: dict[str, Optional[int]] = {}
     for key, setting in SETTING_FOR_LIMIT.items():
         value = getattr(Settings(), setting)

@@ -1,7 +1,8 @@
 """`./runMe.sh test`: install what the tests need (cached), then run pytest.
 
-Installs, each once: the engine environment (vLLM CPU build), the converted model, and
-Debian's docker-compose (a real compose parser for the static checks; needs root + apt).
+Installs, each once: the engine environment (vLLM CPU build), the converted model, the
+pinned agent CLIs (npm), and Debian's docker-compose (a real compose parser for the static
+checks; needs root + apt).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def run_tests(pytest_args: list[str]) -> int:
     engine_python = bootstrap.ensure_env("engine")
     ensure_weights(engine_python)
     ensure_docker_compose()
+    from .launch import install_clients
+
+    install_clients()
     argv = [sys.executable, "-m", "pytest", *pytest_args]
     env = {**os.environ, "MMS_ENGINE_PYTHON": str(engine_python)}
     os.chdir(paths.ROOT)

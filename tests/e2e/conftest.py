@@ -71,10 +71,12 @@ class Stack:
         return self.state_dir / "logs"
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory) -> Iterator[Stack]:
-    base = tmp_path_factory.mktemp("stack")
+def start_stack(base: Path, model: str = "smollm2-135m-cpu",
+                extra_models: dict[str, str] | None = None) -> Stack:
+    """./runMe.sh --local -d on free ports, in its own state directory and project copy."""
     project = copy_project(base / "project")
+    for name, text in (extra_models or {}).items():
+        (project / "models" / f"{name}.yml").write_text(text)
     (project / "secrets" / "LITELLM_MASTER_KEY").write_text(MASTER_KEY + "\n")
     proxy_port, engine_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
@@ -82,17 +84,27 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
                 "MMS_STATE_DIR": str(base / "state"), "MMS_PROJECT_DIR": str(project),
                 "LITELLM_PORT": str(proxy_port), "VLLM_PORT": str(engine_port)})
     started = time.monotonic()
-    proc = subprocess.run([str(ROOT / "runMe.sh"), "--local", "-d"], env=env, capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run([str(ROOT / "runMe.sh"), "--local", model, "-d"], env=env,
+                          capture_output=True, text=True, timeout=900)
     cold = time.monotonic() - started
     if proc.returncode != 0:
         logs = base / "state" / "logs"
         detail = "\n".join(f"--- {p.name}\n{local.tail(p, 40)}" for p in sorted(logs.glob("*.log")))
         pytest.fail(f"./runMe.sh --local failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}\n{detail}")
-    print(f"\n[e2e] local stack ready in {cold:.1f}s (proxy :{proxy_port}, engine :{engine_port})")
-    yield Stack(base_url=f"http://127.0.0.1:{proxy_port}", engine_url=f"http://127.0.0.1:{engine_port}",
-                key=MASTER_KEY, env=env, state_dir=base / "state", cold_start_s=cold)
-    subprocess.run([str(ROOT / "runMe.sh"), "down"], env=env, capture_output=True, timeout=120)
+    print(f"\n[e2e] local stack ({model}) ready in {cold:.1f}s (proxy :{proxy_port}, engine :{engine_port})")
+    return Stack(base_url=f"http://127.0.0.1:{proxy_port}", engine_url=f"http://127.0.0.1:{engine_port}",
+                 key=MASTER_KEY, env=env, state_dir=base / "state", cold_start_s=cold)
+
+
+def stop_stack(stack: Stack) -> None:
+    subprocess.run([str(ROOT / "runMe.sh"), "down"], env=stack.env, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory) -> Iterator[Stack]:
+    running = start_stack(tmp_path_factory.mktemp("stack"))
+    yield running
+    stop_stack(running)
 
 
 @dataclass

@@ -15,6 +15,7 @@ SECTION = """\
   top_k: 20
   repetition_penalty: 1.05
   max_tokens: 1024
+  stop: ["###"]
   max_parallel_requests: 2
   request_timeout: 3
 """
@@ -51,17 +52,19 @@ def test_defaults_fill_in_what_the_client_left_out(proxy):
     assert {k: body.get(k) for k in SAMPLING} == {
         "temperature": 0.6, "top_p": 0.5, "top_k": 20, "repetition_penalty": 1.05,
         "max_tokens": 1024}
+    assert body["stop"] == ["###"]
     assert body["model"] == "vllm_agent"
 
 
 def test_client_values_beat_defaults_and_lose_to_enforced(proxy):
     response = chat(proxy, {"temperature": 0.1, "top_p": 0.99, "max_tokens": 100,
-                            "extra_body": {}, "top_k": 5, "repetition_penalty": 1.3})
+                            "top_k": 5, "repetition_penalty": 1.3, "stop": ["END"]})
     assert response.status_code == 200, response.text
     body = forwarded(proxy)
     assert {k: body.get(k) for k in SAMPLING} == {
         "temperature": 0.1, "top_p": 0.5, "top_k": 5, "repetition_penalty": 1.3,
         "max_tokens": 100}
+    assert body["stop"] == ["END"]
 
 
 def test_max_tokens_above_the_cap_is_clamped_not_rejected(proxy):
