@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+# Before anything imports litellm: it would otherwise fetch its cost map from the internet.
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+
 ROOT = Path(__file__).resolve().parents[1]
 REAL_CACHE = Path(os.environ.get("MMS_CACHE_DIR") or Path.home() / ".cache" / "vllm-mms")
 # Settings the developer may have exported must not leak into exact-output tests.
@@ -64,3 +67,36 @@ def run_cli(*args: str, project: Path | None = None, env: dict[str, str] | None 
     proc = subprocess.run([sys.executable, "-m", "vllm_mms", *args], capture_output=True,
                           text=True, env=full_env, cwd=cwd or project or ROOT, timeout=120)
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+POSTGRES_ADMIN_URL = os.environ.get("MMS_TEST_POSTGRES_URL",
+                                    "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A fresh PostgreSQL database for this test run, dropped afterwards."""
+    import secrets
+
+    import psycopg
+
+    name = f"mms_test_{secrets.token_hex(6)}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI and unreachable at {POSTGRES_ADMIN_URL}: {exc}")
+        pytest.skip(f"PostgreSQL unreachable at {POSTGRES_ADMIN_URL} (set MMS_TEST_POSTGRES_URL): {exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'usage.db'}"
+    return request.getfixturevalue("postgres_url")

@@ -19,7 +19,8 @@ from .resolve import Project, resolve
 DEFAULT_COMPOSE_MODEL = "glm47-flash"
 DEFAULT_LOCAL_MODEL = "smollm2-135m-cpu"
 COMMANDS = ("render", "up", "down", "entrypoint", "proxy-entrypoint", "healthcheck",
-            "schema", "docs", "test", "bench", "launch", "install-clients", "help", "list")
+            "schema", "docs", "test", "bench", "launch", "install-clients", "keys", "usage",
+            "help", "list")
 
 USAGE = """\
 usage:
@@ -33,6 +34,9 @@ usage:
   ./runMe.sh launch claude|codex|opencode [--force] [--model ID] [-- CLIENT ARGS]
                                       start a coding agent against the running proxy
   ./runMe.sh install-clients          install the pinned agent CLIs (npm) into the cache
+  ./runMe.sh keys create NAME [--rpm N] [--tpm N] [--max-parallel N] [--models a,b]
+  ./runMe.sh keys list | keys revoke NAME
+  ./runMe.sh usage [--since 1d] [--by key|model|day]
   ./runMe.sh test [PYTEST ARGS]       run the test suite (installs what it needs)
   ./runMe.sh bench [--rounds N]       tokens/s direct to the engine vs through the proxy
   ./runMe.sh schema | docs            print the model-file JSON Schema | regenerate CONFIGURATION.md
@@ -238,6 +242,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if argv[0] == "test":
             return cmd_test(argparse.Namespace(), argv[1:])
+        if argv[0] in ("keys", "usage"):
+            from . import admin
+
+            return admin.main(argv)
         if argv[0] == "launch":
             return cmd_launch(argv[1:])
         if argv[0] == "install-clients":

@@ -18,12 +18,16 @@ import hmac
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Optional
 
 import httpx
 import yaml
 from fastapi import Request
+
+from .store import ApiKey, Store, hash_key
+from .usage import UsageQueue, row_from_logging
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import (LitellmUserRoles, ProxyErrorTypes, ProxyException,
                                   UserAPIKeyAuth)
@@ -69,20 +73,77 @@ def _unauthorized(message: str) -> ProxyException:
                           code=401)
 
 
+class _KeyCache:
+    """Database keys by digest for a few seconds: a revoked key is refused within that time.
+    While the database is unreachable, a key seen before keeps its last known state."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[float, Optional[ApiKey]]] = {}
+        self._store: Optional[Store] = None
+        self._migrated = False
+
+    @property
+    def ttl(self) -> float:
+        return float(os.environ.get("MMS_KEY_CACHE_SECONDS", "10"))
+
+    async def lookup(self, key: str) -> Optional[ApiKey]:
+        digest = hash_key(key)
+        cached = self.entries.get(digest)
+        if cached and time.monotonic() - cached[0] < self.ttl:
+            return cached[1]
+        try:
+            if self._store is None:
+                self._store = Store()
+            if not self._migrated:
+                await self._store.migrate()
+                self._migrated = True
+            found = await self._store.find_key(key)
+        except Exception as exc:  # noqa: BLE001 - the database is down or unreachable
+            if cached:
+                return cached[1]
+            raise ProxyException(message="the key store is unavailable; try again shortly",
+                                 type=ProxyErrorTypes.internal_server_error, param="api_key",
+                                 code=503) from exc
+        if len(self.entries) > 10_000:  # junk keys must not grow memory without bound
+            self.entries.clear()
+        self.entries[digest] = (time.monotonic(), found)
+        return found
+
+
+KEYS = _KeyCache()
+
+
+def usage_enabled() -> bool:
+    return os.environ.get("MMS_USAGE", "on").lower() not in ("off", "0", "false", "no")
+
+
 async def custom_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
     master = os.environ.get("LITELLM_MASTER_KEY", "")
     if not api_key:
         raise _unauthorized("Authentication Error: no API key given "
                             "(send 'Authorization: Bearer <key>' or 'x-api-key: <key>')")
-    if not master or not hmac.compare_digest(_digest(api_key), _digest(master)):
-        raise _unauthorized("Authentication Error: invalid API key")
     limits = MODEL_SETTINGS.get().get("limits", {}) or {}
+    if master and hmac.compare_digest(_digest(api_key), _digest(master)):
+        return UserAPIKeyAuth(
+            api_key=hashlib.sha256(api_key.encode()).hexdigest(),  # never the clear key
+            key_alias="master",
+            user_role=LitellmUserRoles.PROXY_ADMIN,
+            rpm_limit=limits.get("rpm"),
+            max_parallel_requests=limits.get("max_parallel_requests"),
+        )
+    if len(api_key) > 512 or not usage_enabled():
+        raise _unauthorized("Authentication Error: invalid API key")
+    found = await KEYS.lookup(api_key)
+    if found is None or found.revoked_at is not None:
+        raise _unauthorized("Authentication Error: invalid API key")
     return UserAPIKeyAuth(
-        api_key=hashlib.sha256(api_key.encode()).hexdigest(),  # never the clear key
-        key_alias="master",
-        user_role=LitellmUserRoles.PROXY_ADMIN,
-        rpm_limit=limits.get("rpm"),
-        max_parallel_requests=limits.get("max_parallel_requests"),
+        api_key=found.key_hash,
+        key_alias=found.name,
+        user_role=LitellmUserRoles.INTERNAL_USER,
+        rpm_limit=found.rpm or limits.get("rpm"),
+        tpm_limit=found.tpm,
+        max_parallel_requests=found.max_parallel or limits.get("max_parallel_requests"),
+        models=found.allowed_models or [],
     )
 
 
@@ -207,9 +268,21 @@ async def clamp_max_tokens(data: dict[str, Any], settings: dict[str, Any], call_
     return data
 
 
+def _store_factory() -> Store:
+    return Store()
+
+
+USAGE = UsageQueue.from_environment(_store_factory)
+
+
 class ProxyHandler(CustomLogger):
     async def async_pre_call_hook(self, user_api_key_dict: UserAPIKeyAuth, cache: Any,
                                   data: dict, call_type: Any) -> dict:
+        allowed = user_api_key_dict.models or []
+        if allowed and data.get("model") not in allowed:
+            raise ProxyException(
+                message=f"this key may not use the model {data.get('model')!r}",
+                type=ProxyErrorTypes.auth_error, param="model", code=403)
         settings = MODEL_SETTINGS.get()
         if not settings or data.get("model") not in settings.get("model_names", []):
             return data
@@ -217,6 +290,20 @@ class ProxyHandler(CustomLogger):
         apply_sampling(data, settings.get("sampling") or {}, call)
         await clamp_max_tokens(data, settings, call)
         return data
+
+
+    async def async_log_success_event(self, kwargs: dict, response_obj: Any, start_time: Any,
+                                      end_time: Any) -> None:
+        if usage_enabled():
+            USAGE.add(row_from_logging(kwargs, response_obj, start_time, end_time, 200))
+
+    async def async_log_failure_event(self, kwargs: dict, response_obj: Any, start_time: Any,
+                                      end_time: Any) -> None:
+        if usage_enabled():
+            exc = kwargs.get("exception")
+            status = int(getattr(exc, "status_code", 500) or 500)
+            USAGE.add(row_from_logging(kwargs, response_obj, start_time, end_time, status,
+                                       type(exc).__name__ if exc else "Error"))
 
 
 proxy_handler = ProxyHandler()

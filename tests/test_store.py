@@ -1,0 +1,121 @@
+"""The key store and usage table on both backends: SQLite (local default) and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from vllm_mms.errors import UserError
+from vllm_mms.store import Store, hash_key
+from vllm_mms.usage import UsageQueue
+
+from .conftest import run_cli
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def fresh(url: str) -> Store:
+    store = Store(url)
+    await store.migrate()
+    await store.migrate()  # idempotent
+    for table in ("mms_usage", "mms_api_keys"):
+        await store.execute(f"DELETE FROM {table}")
+    return store
+
+
+def test_key_lifecycle(database_url):
+    async def scenario():
+        store = await fresh(database_url)
+        key = await store.create_key("alice", rpm=5, models=["m1", "m2"])
+        assert key.startswith("sk-mms-") and len(key) > 40
+        found = await store.find_key(key)
+        assert (found.name, found.rpm, found.allowed_models, found.revoked_at) == (
+            "alice", 5, ["m1", "m2"], None)
+        assert found.key_hash == hash_key(key)
+        rows = await store.fetchall("SELECT key_hash FROM mms_api_keys")
+        assert rows == [(hash_key(key),)]  # only the digest is stored
+        with pytest.raises(UserError, match="already exists"):
+            await store.create_key("alice")
+        await store.revoke_key("alice")
+        assert (await store.find_key(key)).revoked_at is not None
+        with pytest.raises(UserError, match="already revoked"):
+            await store.revoke_key("alice")
+        with pytest.raises(UserError, match="no key named 'bob'"):
+            await store.revoke_key("bob")
+        assert await store.find_key("' OR '1'='1") is None
+        await store.close()
+    run(scenario())
+
+
+def test_usage_rows_and_retention(database_url):
+    async def scenario():
+        store = await fresh(database_url)
+        now = time.time()
+        await store.insert_usage([
+            {"ts": now - 100 * 86400, "key_name": "old", "model": "m", "route": "/v1/x",
+             "status": 200, "prompt_tokens": 1, "completion_tokens": 1, "latency_ms": 1.0},
+            {"ts": now, "key_name": "a'; DROP TABLE mms_usage; --", "model": "m",
+             "route": "/v1/chat/completions", "status": 200, "prompt_tokens": 10,
+             "completion_tokens": 5, "latency_ms": 12.5, "ttft_ms": 3.0},
+        ])
+        await store.delete_usage_before(now - 90 * 86400)
+        rows = await store.usage_rows(0)
+        assert [(r["key_name"], r["prompt_tokens"], r["completion_tokens"], r["ttft_ms"])
+                for r in rows] == [("a'; DROP TABLE mms_usage; --", 10, 5, 3.0)]
+        await store.close()
+    run(scenario())
+
+
+class FlakyStore:
+    """A store whose database is 'down' until told otherwise; counts what it received."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.rows: list[dict] = []
+
+    async def insert_usage(self, rows):
+        if self.down:
+            raise ConnectionError("database down")
+        self.rows.extend(rows)
+
+
+def test_queue_keeps_rows_while_the_database_is_down_and_counts_overflow():
+    flaky = FlakyStore()
+    queue = UsageQueue(lambda: flaky, max_rows=5, batch_size=2)
+    for i in range(7):
+        queue.add({"ts": i})
+    assert (len(queue.rows), queue.dropped) == (5, 2)
+    assert run(queue.flush()) == 0 and len(queue.rows) == 5
+    flaky.down = False
+    assert run(queue.flush()) == 5
+    assert [r["ts"] for r in flaky.rows] == [0, 1, 2, 3, 4]  # order kept across the outage
+    assert (len(queue.rows), queue.dropped, queue.written) == (0, 2, 5)
+
+
+def test_keys_and_usage_cli_on_postgres(postgres_url):
+    env = {"MMS_DATABASE_URL": postgres_url}
+    created = run_cli("keys", "create", "ci-bot", "--rpm", "7", "--models", "a,b", env=env)
+    assert created.code == 0, created.err
+    lines = created.out.splitlines()
+    assert lines[0] == "created key 'ci-bot'; it is shown only now:"
+    key = lines[1]
+    listed = run_cli("keys", "list", env=env)
+    assert key not in listed.out
+    assert listed.out.splitlines()[0].split() == ["name", "created", "status", "rpm", "tpm",
+                                                  "parallel", "models"]
+    row = [line for line in listed.out.splitlines() if line.startswith("ci-bot")][0].split()
+    assert row[3:] == ["active", "7", "-", "-", "a,b"]
+    assert run_cli("keys", "revoke", "ci-bot", env=env).code == 0
+    again = run_cli("keys", "revoke", "ci-bot", env=env)
+    assert (again.code, again.err) == (1, "error: the key 'ci-bot' is already revoked\n")
+
+
+def test_cli_with_an_unreachable_database_is_one_line():
+    result = run_cli("keys", "list", env={"MMS_DATABASE_URL": "postgresql://nobody@127.0.0.1:9/x"})
+    assert (result.code, result.err) == (
+        1, "error: cannot reach the database (OperationalError): check MMS_DATABASE_URL or "
+           "that the stack is running\n")
