@@ -73,9 +73,8 @@ POSTGRES_ADMIN_URL = os.environ.get("MMS_TEST_POSTGRES_URL",
                                     "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-@pytest.fixture(scope="session")
-def postgres_url():
-    """A fresh PostgreSQL database for this test run, dropped afterwards."""
+def _fresh_database():
+    """A new PostgreSQL database, dropped afterwards (generator for the fixtures below)."""
     import secrets
 
     import psycopg
@@ -93,6 +92,18 @@ def postgres_url():
             yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A fresh PostgreSQL database for this test run, dropped afterwards."""
+    yield from _fresh_database()
+
+
+@pytest.fixture
+def own_postgres_url():
+    """A database of this test's own (no other proxy of the session writes to it)."""
+    yield from _fresh_database()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -58,9 +58,33 @@ def proxy_entrypoint(project: Project) -> None:
     env = dict(os.environ)
     env.update(proxy_environment(resolved.settings.LITELLM_MASTER_KEY, key_path.read_text(),
                                  GENERATED_DIR / MODELS_FILE))
+    env["USAGE_RETENTION_DAYS"] = str(resolved.settings.USAGE_RETENTION_DAYS)
+    migrate_store()
     argv = ["litellm", "--config", str(config_path), "--host", "0.0.0.0", "--port", port]
     print(f"[proxy] exec {json.dumps(argv)}", flush=True)
     os.execvpe(argv[0], argv, env)
+
+
+def migrate_store() -> None:
+    """Create or upgrade the key/usage schema before the proxy serves (idempotent). A database
+    that is not reachable yet is not fatal: the proxy migrates again before its first write."""
+    import asyncio
+
+    from .store import Store
+
+    async def run() -> None:
+        store = Store()
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(run())
+        print("[proxy] key/usage schema ready", flush=True)
+    except Exception as exc:  # noqa: BLE001
+        print(f"[proxy] key/usage database not reachable yet ({type(exc).__name__}); "
+              "usage rows will wait in memory", flush=True)
 
 
 def proxy_environment(master_key: str, engine_key: str, models_file: Path) -> dict[str, str]:

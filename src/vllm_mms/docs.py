@@ -17,6 +17,29 @@ from .config import LitellmSection, ModelFile, Settings
 
 SCHEMA_FILE = "docs/model-file.schema.json"
 
+TOOL_VARIABLES = [
+    ("MODEL", "`glm47-flash` (compose)", "the catalog model `./runMe.sh` starts with compose"),
+    ("MMS_CACHE_DIR", "`~/.cache/vllm-mms`", "environments, the converted model, the agent CLIs"),
+    ("MMS_STATE_DIR", "`~/.local/state/vllm-mms`", "the local stack: pids, generated config, "
+     "logs, the SQLite usage database"),
+    ("MMS_START_TIMEOUT", "`600`", "seconds local mode waits for engine and proxy health"),
+    ("MMS_TORCH_INDEX_URL", "PyTorch's CPU index", "where the CPU torch wheel comes from; empty: "
+     "pip's configured sources only"),
+    ("MMS_PYTHON", "`python3`", "the interpreter runMe.sh bootstraps with (3.10+)"),
+    ("MMS_DATABASE_URL", "SQLite in the state directory", "key/usage database: "
+     "`postgresql://user:pw@host/db` or `sqlite:///path` (never `DATABASE_URL`: that starts "
+     "LiteLLM's Prisma layer, which cannot run offline)"),
+    ("MMS_USAGE", "`on`", "`off` stops usage rows and database keys (the master key still works)"),
+    ("MMS_USAGE_QUEUE_ROWS", "`10000`", "usage rows kept in memory while the database is away; "
+     "beyond that rows are dropped, counted and logged"),
+    ("MMS_USAGE_FLUSH_SECONDS", "`1`", "how often queued usage rows are written"),
+    ("MMS_KEY_CACHE_SECONDS", "`10`", "how long a database key is cached: a revoked key is "
+     "refused within this time"),
+    ("MMS_PROXY_URL", "the local or compose proxy", "where `launch` points the agent"),
+    ("MMS_PROXY_KEY", "the proxy key", "the key `launch` gives the agent"),
+    ("MMS_DEBUG", "unset", "`1` shows tracebacks of internal errors"),
+]
+
 
 def model_schema() -> dict[str, Any]:
     schema = ModelFile.model_json_schema()
@@ -103,6 +126,14 @@ def configuration_markdown() -> str:
         "the context after the prompt.",
         "",
         *_table(LitellmSection, "field"),
+        "",
+        "## Environment variables of the tools",
+        "",
+        "These are read from the environment only (not from vars.env).",
+        "",
+        "| variable | default | meaning |",
+        "|---|---|---|",
+        *[f"| `{name}` | {default} | {meaning} |" for name, default, meaning in TOOL_VARIABLES],
         "",
         "## What the engine gets",
         "",

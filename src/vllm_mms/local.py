@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import bootstrap, engine, paths
-from .container import proxy_environment
+from .container import migrate_store, proxy_environment
 from .errors import UserError
 from .render import CONFIG_FILE, MODELS_FILE, render
 from .resolve import Project, Resolved, resolve
@@ -218,6 +218,7 @@ def start_local(project: Project, name: str, detach: bool) -> int:
     generated = state / "generated_configs"
     api_base = f"http://127.0.0.1:{settings.VLLM_PORT}/v1"
     render(project, resolved, generated, api_base=api_base)
+    migrate_store()
     stack, procs = launch(resolved, engine_python, weights, generated, logs)
     try:
         wait_healthy(stack, procs, float(os.environ.get("MMS_START_TIMEOUT", "600")))
@@ -242,11 +243,12 @@ def spawn(label: str, argv: list[str], env: dict[str, str], logs: Path) -> subpr
 
 
 def proxy_process(resolved: Resolved, generated: Path, engine_key: str, logs: Path,
-                  port: int) -> subprocess.Popen:
+                  port: int, extra_env: Optional[dict[str, str]] = None) -> subprocess.Popen:
     """LiteLLM from this (tools) environment, with our hooks importable."""
     env = {**os.environ, **proxy_environment(resolved.settings.LITELLM_MASTER_KEY, engine_key,
-                                             generated / MODELS_FILE)}
+                                             generated / MODELS_FILE), **(extra_env or {})}
     env["PYTHONPATH"] = str(paths.ROOT / "src")
+    env.setdefault("USAGE_RETENTION_DAYS", str(resolved.settings.USAGE_RETENTION_DAYS))
     argv = [str(Path(sys.executable).parent / "litellm"), "--config", str(generated / CONFIG_FILE),
             "--host", "127.0.0.1", "--port", str(port)]
     return spawn("proxy", argv, env, logs)

@@ -16,7 +16,10 @@ from typing import Any, Callable, Optional
 
 from .store import Store
 
-log = logging.getLogger("vllm_mms.usage")
+try:  # inside the proxy, log where LiteLLM logs
+    from litellm._logging import verbose_proxy_logger as log
+except ImportError:  # pragma: no cover - the CLI without LiteLLM
+    log = logging.getLogger("vllm_mms.usage")
 
 
 class UsageQueue:
@@ -33,6 +36,7 @@ class UsageQueue:
         self._task: Optional[asyncio.Task] = None
         self._store: Optional[Store] = None
         self._last_retention = 0.0
+        self._migrated = False
 
     @classmethod
     def from_environment(cls, store_factory: Callable[[], Store]) -> "UsageQueue":
@@ -76,6 +80,9 @@ class UsageQueue:
         while self.rows:
             batch = [self.rows.popleft() for _ in range(min(self.batch_size, len(self.rows)))]
             try:
+                if not self._migrated:  # the schema exists before the first write
+                    await self.store.migrate()
+                    self._migrated = True
                 await self.store.insert_usage(batch)
             except Exception as exc:  # noqa: BLE001 - any driver error means "try later"
                 self.rows.extendleft(reversed(batch))
@@ -87,8 +94,9 @@ class UsageQueue:
             total += len(batch)
             self.written += len(batch)
         if self.failing_since is not None:
-            log.warning("usage database back after %.0fs; queued rows written",
-                        time.time() - self.failing_since)
+            log.warning("usage database back after %.0fs; queued rows written; %d usage rows "
+                        "lost in total because the queue was full", time.time() - self.failing_since,
+                        self.dropped)
             self.failing_since = None
         return total
 

@@ -130,7 +130,8 @@ def recording_proxy_factory(tmp_path_factory):
     """Start a real LiteLLM proxy (our config + hooks) in front of a recording upstream."""
     started: list[tuple[subprocess.Popen, RecordingUpstream]] = []
 
-    def start(litellm_section: str, vars_env: str = "") -> RecordingProxy:
+    def start(litellm_section: str, vars_env: str = "",
+              env: dict[str, str] | None = None) -> RecordingProxy:
         base = tmp_path_factory.mktemp("recording")
         project = copy_project(base / "project")
         (project / "models" / "recorder.yml").write_text(RECORDING_MODEL % litellm_section)
@@ -141,7 +142,8 @@ def recording_proxy_factory(tmp_path_factory):
         render(Project(project), resolved, generated,
                api_base=f"http://127.0.0.1:{upstream.port}/v1")
         port = free_port()
-        proc = local.proxy_process(resolved, generated, "sk-upstream-key", base / "logs", port)
+        env = {"MMS_STATE_DIR": str(base / "state"), **(env or {})}
+        proc = local.proxy_process(resolved, generated, "sk-upstream-key", base / "logs", port, env)
         started.append((proc, upstream))
         wait_for(f"http://127.0.0.1:{port}/health/liveliness", 120, proc)
         return RecordingProxy(f"http://127.0.0.1:{port}", upstream, MASTER_KEY,
