@@ -77,6 +77,10 @@ class FlakyStore:
         self.down = True
         self.rows: list[dict] = []
 
+    async def migrate(self):
+        if self.down:
+            raise ConnectionError("database down")
+
     async def insert_usage(self, rows):
         if self.down:
             raise ConnectionError("database down")
