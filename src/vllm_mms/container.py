@@ -81,10 +81,10 @@ def migrate_store() -> None:
 
     try:
         asyncio.run(run())
-        print("[proxy] key/usage schema ready", flush=True)
+        print("[proxy] key/usage schema ready", file=sys.stderr, flush=True)
     except Exception as exc:  # noqa: BLE001
         print(f"[proxy] key/usage database not reachable yet ({type(exc).__name__}); "
-              "usage rows will wait in memory", flush=True)
+              "usage rows will wait in memory", file=sys.stderr, flush=True)
 
 
 def proxy_environment(master_key: str, engine_key: str, models_file: Path) -> dict[str, str]:
