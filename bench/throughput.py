@@ -37,9 +37,11 @@ def free_port() -> int:
 
 
 def one_request(url: str, key: str, model: str) -> int:
+    # Every sampling parameter is explicit, so the proxy's model defaults (which it would add
+    # to a request that leaves them out) cannot make the two paths decode differently.
     response = httpx.post(url, headers={"Authorization": f"Bearer {key}"}, timeout=300, json={
         "model": model, "messages": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0.7,
-        "ignore_eos": True})
+        "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "ignore_eos": True})
     response.raise_for_status()
     return response.json()["usage"]["completion_tokens"]
 
