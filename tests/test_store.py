@@ -123,3 +123,27 @@ def test_cli_with_an_unreachable_database_is_one_line():
     assert (result.code, result.err) == (
         1, "error: cannot reach the database (OperationalError): check MMS_DATABASE_URL or "
            "that the stack is running\n")
+
+
+def test_usage_command_prints_the_table(tmp_path):
+    url = f"sqlite:///{tmp_path / 'usage.db'}"
+
+    async def seed():
+        store = await fresh(url)
+        now = time.time()
+        rows = [("m1", 200, 10.0), ("m1", 200, 20.0), ("m1", 500, 30.0), ("m1", 200, 40.0),
+                ("m2", 429, 5.0)]
+        await store.insert_usage([
+            {"ts": now - i, "key_name": "k", "model": model, "route": "/v1/chat/completions",
+             "status": status, "prompt_tokens": 3, "completion_tokens": 2, "latency_ms": latency}
+            for i, (model, status, latency) in enumerate(rows)])
+        await store.insert_usage([{"ts": now - 3 * 86400, "key_name": "k", "model": "old",
+                                   "route": "/x", "status": 200, "latency_ms": 1.0}])
+        await store.close()
+    run(seed())
+    result = run_cli("usage", "--since", "1d", "--by", "model", env={"MMS_DATABASE_URL": url})
+    assert result.code == 0, result.err
+    assert result.out == (
+        "model  requests  errors  prompt  completion  p50 ms  p95 ms\n"
+        "m1     4         1       12      8           25      38\n"
+        "m2     1         1       3       2           5       5\n")

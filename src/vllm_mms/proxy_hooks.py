@@ -75,10 +75,11 @@ def _unauthorized(message: str) -> ProxyException:
 
 class _KeyCache:
     """Database keys by digest for a few seconds: a revoked key is refused within that time.
-    While the database is unreachable, a key seen before keeps its last known state."""
+    While the database is unreachable, a key seen before keeps its last known state. For keys
+    with a daily token budget, the tokens used since midnight (UTC) are cached alongside."""
 
     def __init__(self) -> None:
-        self.entries: dict[str, tuple[float, Optional[ApiKey]]] = {}
+        self.entries: dict[str, tuple[float, Optional[ApiKey], int]] = {}
         self._store: Optional[Store] = None
         self._migrated = False
 
@@ -86,11 +87,11 @@ class _KeyCache:
     def ttl(self) -> float:
         return float(os.environ.get("MMS_KEY_CACHE_SECONDS", "10"))
 
-    async def lookup(self, key: str) -> Optional[ApiKey]:
+    async def lookup(self, key: str) -> tuple[Optional[ApiKey], int]:
         digest = hash_key(key)
         cached = self.entries.get(digest)
         if cached and time.monotonic() - cached[0] < self.ttl:
-            return cached[1]
+            return cached[1], cached[2]
         try:
             if self._store is None:
                 self._store = Store()
@@ -98,16 +99,20 @@ class _KeyCache:
                 await self._store.migrate()
                 self._migrated = True
             found = await self._store.find_key(key)
+            used = 0
+            if found is not None and found.tokens_per_day:
+                midnight = time.time() - time.time() % 86400
+                used = await self._store.tokens_used(found.name, midnight)
         except Exception as exc:  # noqa: BLE001 - the database is down or unreachable
             if cached:
-                return cached[1]
+                return cached[1], cached[2]
             raise ProxyException(message="the key store is unavailable; try again shortly",
                                  type=ProxyErrorTypes.internal_server_error, param="api_key",
                                  code=503) from exc
         if len(self.entries) > 10_000:  # junk keys must not grow memory without bound
             self.entries.clear()
-        self.entries[digest] = (time.monotonic(), found)
-        return found
+        self.entries[digest] = (time.monotonic(), found, used)
+        return found, used
 
 
 KEYS = _KeyCache()
@@ -133,9 +138,16 @@ async def custom_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
         )
     if len(api_key) > 512 or not usage_enabled():
         raise _unauthorized("Authentication Error: invalid API key")
-    found = await KEYS.lookup(api_key)
+    found, used_today = await KEYS.lookup(api_key)
     if found is None or found.revoked_at is not None:
         raise _unauthorized("Authentication Error: invalid API key")
+    if found.tokens_per_day and used_today >= found.tokens_per_day:
+        seconds_left = int(86400 - time.time() % 86400) + 1
+        raise ProxyException(
+            message=f"daily token budget of key {found.name!r} used up "
+                    f"({used_today}/{found.tokens_per_day}); it renews at 00:00 UTC",
+            type=ProxyErrorTypes.budget_exceeded, param="tokens_per_day", code=429,
+            headers={"retry-after": str(seconds_left)})
     return UserAPIKeyAuth(
         api_key=found.key_hash,
         key_alias=found.name,

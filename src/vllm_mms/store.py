@@ -199,7 +199,14 @@ class Store:
         placeholders = ", ".join("?" for _ in USAGE_COLUMNS)
         await self.executemany(
             f"INSERT INTO mms_usage ({', '.join(USAGE_COLUMNS)}) VALUES ({placeholders})",
-            [tuple(row.get(c) for c in USAGE_COLUMNS) for row in rows])
+            [tuple(row.get(c, 0 if c.endswith("_tokens") else None) for c in USAGE_COLUMNS)
+             for row in rows])
+
+    async def tokens_used(self, key_name: str, since: float) -> int:
+        rows = await self.fetchall(
+            "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM mms_usage "
+            "WHERE key_name = ? AND ts >= ?", (key_name, since))
+        return int(rows[0][0] or 0)
 
     async def usage_rows(self, since: float) -> list[dict[str, Any]]:
         rows = await self.fetchall(

@@ -194,3 +194,29 @@ def test_queue_overflow_is_counted_and_logged(recording_proxy_factory, own_postg
     assert len(rows(postgres_url)) == 11  # 1 before + the 10 the queue could hold
     log = proxy.log.read_text(errors="replace")
     assert "15 usage rows lost in total because the queue was full" in log
+
+
+def test_daily_token_budget_is_enforced(db_proxy):
+    proxy, url = db_proxy
+    key = create_key(url, "budget", tokens_per_day=12)  # the recorder reports 5 + 1 tokens
+    assert [post(proxy, key).status_code for _ in range(2)] == [200, 200]
+    wait_rows(url, 2)
+    time.sleep(1.5)  # past MMS_KEY_CACHE_SECONDS, so the new total is read
+    third = post(proxy, key)
+    assert third.status_code == 429
+    assert third.json()["error"]["message"] == (
+        "daily token budget of key 'budget' used up (12/12); it renews at 00:00 UTC")
+    assert 0 < int(third.headers["retry-after"]) <= 86401
+
+
+def test_streamed_requests_record_time_to_first_token(db_proxy):
+    proxy, url = db_proxy
+    with httpx.stream("POST", f"{proxy.base_url}/v1/chat/completions", timeout=30,
+                      headers={"Authorization": f"Bearer {proxy.key}"},
+                      json={"model": "recorder", "stream": True,
+                            "messages": [{"role": "user", "content": "hi"}]}) as response:
+        assert response.status_code == 200
+        body = "".join(response.iter_text())
+    assert "data:" in body
+    found = wait_rows(url, 1)
+    assert len(found) == 1 and found[0]["ttft_ms"] is not None and found[0]["ttft_ms"] >= 0
