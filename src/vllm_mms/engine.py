@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets as pysecrets
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -74,7 +73,3 @@ def engine_env_names(resolved: Resolved) -> list[str]:
     names = set(resolved.engine_env) | {"VLLM_API_KEY"}
     names |= {n for n in ENGINE_SECRETS if n in resolved.secrets}
     return sorted(names)
-
-
-def python_executable() -> str:
-    return sys.executable

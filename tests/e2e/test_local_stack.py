@@ -4,7 +4,6 @@ OpenAI and Anthropic Python SDKs, plus the local-mode CLI's own behaviour."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 

@@ -186,7 +186,7 @@ def test_queue_overflow_is_counted_and_logged(recording_proxy_factory, own_postg
         cut.pause()
         statuses = [post(proxy, proxy.key).status_code for _ in range(25)]
         cut.resume()
-        found = wait_rows(postgres_url, 11, timeout=30)
+        wait_rows(postgres_url, 11, timeout=30)
         time.sleep(1)
     finally:
         cut.close()
