@@ -5,7 +5,9 @@
   Per-key limits ride on LiteLLM's own limiter via the returned UserAPIKeyAuth.
 - `proxy_handler` (litellm_settings.callbacks): before each call, fills in the model's
   default sampling parameters, overrides the enforced ones, and clamps max_tokens so that
-  prompt + output fit the context (vLLM rejects requests that don't; Claude Code asks for 32000).
+  prompt + output fit the context (vLLM rejects requests that don't; Claude Code asks for 32000);
+  checks a key's model list (403); and queues one usage row per request (see usage.py).
+- Database keys (see store.py) are looked up by digest and cached briefly.
 
 The model's settings come from generated_configs/models.yml (MMS_MODELS_FILE), re-read when
 the file changes. No secret is logged: keys are compared as sha256 digests, in constant time.
@@ -24,14 +26,13 @@ from typing import Any, Optional
 import httpx
 import yaml
 from fastapi import Request
-
-from .store import ApiKey, Store, hash_key
-from .usage import UsageQueue, row_from_logging
+from litellm._logging import verbose_proxy_logger as log  # our lines land in the proxy log
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import (LitellmUserRoles, ProxyErrorTypes, ProxyException,
                                   UserAPIKeyAuth)
 
-from litellm._logging import verbose_proxy_logger as log  # noqa: E402 - shows in the proxy log
+from .store import ApiKey, Store, hash_key
+from .usage import UsageQueue, row_from_logging
 
 # Fewer characters per token than this is rare; the bound decides when to count exactly.
 CHARS_PER_TOKEN_LOWER_BOUND = 3
