@@ -92,11 +92,22 @@ def compose_command() -> list[str]:
                     "or run without Docker: ./runMe.sh --local")
 
 
+def docker_engine_reachable() -> bool:
+    try:
+        probe = subprocess.run(["docker", "ps", "-q"], capture_output=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     proj = project()
     name = args.model or os.environ.get("MODEL") or DEFAULT_COMPOSE_MODEL
     resolve(proj, name)  # fail here, in one line, before Docker is involved
     cmd = [*compose_command(), "-f", str(proj.root / "docker-compose.yml"), "up"]
+    if not docker_engine_reachable():
+        raise UserError("no Docker engine is reachable ('docker ps' failed): start Docker "
+                        "(sudo systemctl start docker), or run without it: ./runMe.sh --local")
     if args.detach:
         cmd.append("-d")
     if args.build:
@@ -118,6 +129,9 @@ def cmd_down(args: argparse.Namespace) -> int:
         cmd = [*compose_command(), "-f", str(project().root / "docker-compose.yml"), "down"]
     except UserError:
         print("nothing is running")
+        return 0
+    if not docker_engine_reachable():
+        print("nothing is running")  # a Docker client without an engine runs no stack
         return 0
     return subprocess.run(cmd).returncode
 

@@ -1,0 +1,80 @@
+"""The CLI's plain shapes: the model list with usage, and `down` with nothing running."""
+
+from __future__ import annotations
+
+from .conftest import run_cli
+
+
+def test_no_arguments_lists_models_with_descriptions_and_usage(project_dir):
+    result = run_cli(project=project_dir)
+    assert result.code == 0 and result.err == ""
+    lines = result.out.splitlines()
+    assert lines[:6] == [
+        "models:",
+        "  glm47-flash          GLM-4.7-Flash (zai-org): 30B MoE, ~3B active, agentic coding "
+        "with tools and reasoning",
+        "  qwen3-next-coder     Qwen3-Coder-Next (Qwen): 80B MoE, 3B active, FP8, a coding agent "
+        "model with tools",
+        "  smollm2-135m-cpu     SmolLM2-135M-Instruct on CPU: the embedded default for "
+        "./runMe.sh --local and the tests",
+        "  step-3.5-flash       Step-3.5-Flash (StepFun): 197B MoE, ~11B active, FP8, "
+        "long-context reasoning and tools",
+        "  step-3.5-flash-hcsw  Step-3.5-Flash, high-concurrency short-window variant: 8K "
+        "context, 64 sequences",
+    ]
+    assert "usage:" in lines and "  ./runMe.sh down                     stop what runs " \
+        "(compose and local mode)" in lines
+
+
+def test_an_invalid_model_file_is_listed_as_invalid_not_a_crash(project_dir):
+    (project_dir / "models" / "broken.yml").write_text("description: x\n")
+    result = run_cli("list", project=project_dir)
+    assert result.code == 0
+    assert ("  broken               (invalid: models/broken.yml: command: required field is "
+            "missing)") in result.out.splitlines()
+
+
+def test_down_with_nothing_running(project_dir, tmp_path):
+    result = run_cli("down", project=project_dir,
+                     env={"MMS_STATE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert (result.code, result.out) == (0, "nothing is running\n")
+
+
+def test_down_removes_a_stale_stack_file(project_dir, tmp_path):
+    (tmp_path / "stack.json").write_text(
+        '{"model": "smollm2-135m-cpu", "engine_pid": 999999, "proxy_pid": 999998, '
+        '"engine_port": 1, "proxy_port": 2, "log_dir": "/tmp", "started": 0}\n')
+    result = run_cli("down", project=project_dir, env={"MMS_STATE_DIR": str(tmp_path)})
+    assert (result.code, result.out) == (0, "local stack was not running (stale state removed)\n")
+    assert not (tmp_path / "stack.json").exists()
+
+
+def test_compose_start_without_a_docker_engine_is_one_line(project_dir, tmp_path):
+    """A stand-in `docker` client whose engine is down, as on a machine without the daemon."""
+    docker = tmp_path / "docker"
+    docker.write_text("#!/bin/sh\n[ \"$1 $2\" = \"compose version\" ] && exit 0\n"
+                      "echo 'Cannot connect to the Docker daemon' >&2; exit 1\n")
+    docker.chmod(0o755)
+    result = run_cli("qwen3-next-coder", "-d", project=project_dir,
+                     env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
+    assert (result.code, result.err) == (
+        1, "error: no Docker engine is reachable ('docker ps' failed): start Docker (sudo "
+           "systemctl start docker), or run without it: ./runMe.sh --local\n")
+    assert result.out == ""
+
+
+def test_compose_start_runs_compose_up_with_model_in_its_environment(project_dir, tmp_path):
+    """A stand-in `docker` records the exact command and the MODEL it was given."""
+    record = tmp_path / "record"
+    docker = tmp_path / "docker"
+    docker.write_text(f"#!/bin/sh\ncase \"$1 $2\" in \"compose version\"|\"ps -q\") exit 0;; esac\n"
+                      f"echo \"$MODEL|$*\" > {record}\n")
+    docker.chmod(0o755)
+    result = run_cli("qwen3-next-coder", "-d", "--build", project=project_dir,
+                     env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
+    assert result.code == 0, result.err
+    compose_file = project_dir / "docker-compose.yml"
+    assert record.read_text() == f"qwen3-next-coder|compose -f {compose_file} up -d --build\n"
+    result = run_cli(project=project_dir, env={"PATH": f"{tmp_path}:/usr/bin:/bin",
+                                               "MODEL": "glm47-flash"})
+    assert record.read_text() == f"glm47-flash|compose -f {compose_file} up\n"
