@@ -78,3 +78,31 @@ def test_compose_start_runs_compose_up_with_model_in_its_environment(project_dir
     result = run_cli(project=project_dir, env={"PATH": f"{tmp_path}:/usr/bin:/bin",
                                                "MODEL": "glm47-flash"})
     assert record.read_text() == f"glm47-flash|compose -f {compose_file} up\n"
+
+
+def fake_docker(tmp_path, record):
+    docker = tmp_path / "docker"
+    docker.write_text(f"#!/bin/sh\ncase \"$1 $2\" in \"compose version\"|\"ps -q\") exit 0;; esac\n"
+                      f"echo \"$*\" >> {record}\n")
+    docker.chmod(0o755)
+    return {"PATH": f"{tmp_path}:/usr/bin:/bin", "MMS_STATE_DIR": str(tmp_path / "state")}
+
+
+def test_status_and_logs_in_compose_mode_issue_the_exact_commands(project_dir, tmp_path):
+    record = tmp_path / "record"
+    env = fake_docker(tmp_path, record)
+    compose_file = project_dir / "docker-compose.yml"
+    assert run_cli("status", project=project_dir, env=env).code == 0
+    assert run_cli("logs", "proxy", "-f", project=project_dir, env=env).code == 0
+    assert run_cli("logs", project=project_dir, env=env).code == 0
+    assert record.read_text().splitlines() == [
+        f"compose -f {compose_file} ps",
+        f"compose -f {compose_file} logs -f litellm",
+        f"compose -f {compose_file} logs",
+    ]
+
+
+def test_logs_with_a_bad_service_exits_2(project_dir):
+    result = run_cli("logs", "bogus", project=project_dir)
+    assert (result.code, result.err) == (
+        2, "error: unknown service 'bogus'; choose one of: engine, proxy, db\n")

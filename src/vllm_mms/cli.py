@@ -20,7 +20,7 @@ DEFAULT_COMPOSE_MODEL = "glm47-flash"
 DEFAULT_LOCAL_MODEL = "smollm2-135m-cpu"
 COMMANDS = ("render", "up", "down", "entrypoint", "proxy-entrypoint", "healthcheck",
             "schema", "docs", "test", "bench", "launch", "install-clients", "keys", "usage",
-            "help", "list")
+            "status", "logs", "help", "list")
 
 USAGE = """\
 usage:
@@ -30,6 +30,8 @@ usage:
   ./runMe.sh --local [NAME] [-d]      start NAME on this machine: CPU, no Docker
                                       (default smollm2-135m-cpu; ports: LITELLM_PORT, VLLM_PORT)
   ./runMe.sh down                     stop what runs (compose and local mode)
+  ./runMe.sh status                   services, health, uptime, engine queue and KV-cache use
+  ./runMe.sh logs [engine|proxy|db] [-f]
   ./runMe.sh render NAME [--out DIR]  write the generated config, print the engine command
   ./runMe.sh launch claude|codex|opencode [--force] [--model ID] [-- CLIENT ARGS]
                                       start a coding agent against the running proxy
@@ -187,6 +189,31 @@ def cmd_local(args: argparse.Namespace) -> int:
     return local.start_local(project(), args.model or DEFAULT_LOCAL_MODEL, detach=args.detach)
 
 
+def running_compose() -> list[str]:
+    """The compose command when a Docker engine answers, else [] (local mode or nothing)."""
+    try:
+        compose = [*compose_command(), "-f", str(project().root / "docker-compose.yml")]
+    except UserError:
+        return []
+    return compose if docker_engine_reachable() else []
+
+
+def cmd_ops(argv: list[str]) -> int:
+    from . import ops
+
+    if argv[0] == "status":
+        if len(argv) > 1:
+            raise UserError("status takes no arguments", 2)
+        return ops.status(running_compose() if ops.read_stack() is None else [])
+    rest = argv[1:]
+    follow = "-f" in rest or "--follow" in rest
+    names = [a for a in rest if a not in ("-f", "--follow")]
+    if len(names) > 1 or any(n.startswith("-") for n in names):
+        raise UserError("usage: ./runMe.sh logs [engine|proxy|db] [-f]", 2)
+    compose = running_compose() if ops.read_stack() is None else []
+    return ops.logs(names[0] if names else None, follow, compose)
+
+
 def cmd_launch(argv: list[str]) -> int:
     """`launch CLIENT [--force] [--model ID] [--] [CLIENT ARGS]`: our two flags are taken
     wherever they appear before `--`; everything else goes to the client."""
@@ -256,6 +283,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if argv[0] == "test":
             return cmd_test(argparse.Namespace(), argv[1:])
+        if argv[0] in ("status", "logs"):
+            return cmd_ops(argv)
         if argv[0] in ("keys", "usage"):
             from . import admin
 

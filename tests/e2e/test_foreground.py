@@ -44,6 +44,9 @@ def test_foreground_start_prints_endpoints_and_ctrl_c_stops_everything(tmp_path)
     finally:
         if proc.poll() is None:
             proc.kill()
+            # The engine and proxy lead their own sessions: stop them through the stack file.
+            subprocess.run([str(ROOT / "runMe.sh"), "down"], env=env, capture_output=True,
+                           timeout=120)
     for pid in (stack["engine_pid"], stack["proxy_pid"]):
         assert not local.alive(pid), pid
     assert not (tmp_path / "state" / "stack.json").exists()

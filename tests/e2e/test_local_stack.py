@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import time
 
 import anthropic
 import httpx
@@ -148,3 +149,34 @@ def test_port_in_use_is_one_clear_line_and_starts_nothing(tmp_path, stack):
                            f"choose another, e.g. LITELLM_PORT={port + 1} ./runMe.sh --local\n")
     assert not (tmp_path / "state" / "stack.json").exists()
     assert not (tmp_path / "state" / "logs").exists()
+
+
+def test_status_reports_health_queue_and_recent_requests(stack, oai):
+    oai.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=5)
+    deadline = time.monotonic() + 15  # usage rows are written in batches, once a second
+    while True:
+        proc = subprocess.run([str(ROOT / "runMe.sh"), "status"], env=stack.env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        lines = proc.stdout.splitlines()
+        if lines[8].split()[-1] not in ("0", "?") or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert lines[0] == "mode:     local"
+    assert lines[1] == "model:    smollm2-135m-cpu"
+    assert lines[3].startswith("engine:   healthy  pid ")
+    assert lines[4].startswith("proxy:    healthy  pid ")
+    assert lines[5] == "requests running: 0"
+    assert lines[6] == "requests waiting: 0"
+    assert lines[7].startswith("KV-cache use:     ") and lines[7].endswith("%")
+    recent = int(lines[8].split()[-1])
+    assert recent >= 1  # at least the request above, from the usage table
+    assert lines[9] == f"logs:     {stack.log_dir}"
+
+
+def test_logs_show_the_service_log(stack):
+    proc = subprocess.run([str(ROOT / "runMe.sh"), "logs", "proxy"], env=stack.env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    assert "Uvicorn running on http://127.0.0.1:" in proc.stdout
+    assert stack.key not in proc.stdout

@@ -73,7 +73,8 @@ def db_proxy(request, recording_proxy_factory, tmp_path_factory):
         url = request.getfixturevalue("postgres_url")
     asyncio.run(_reset(url))
     proxy = recording_proxy_factory(SECTION, env={"MMS_DATABASE_URL": url, **FAST})
-    return proxy, url
+    yield proxy, url
+    proxy.stop()
 
 
 async def _reset(url: str) -> None:
