@@ -106,3 +106,13 @@ def test_logs_with_a_bad_service_exits_2(project_dir):
     result = run_cli("logs", "bogus", project=project_dir)
     assert (result.code, result.err) == (
         2, "error: unknown service 'bogus'; choose one of: engine, proxy, db\n")
+
+
+def test_local_mode_refuses_a_gpu_model_in_one_line(project_dir, tmp_path):
+    result = run_cli("--local", "glm47-flash", project=project_dir,
+                     env={"MMS_STATE_DIR": str(tmp_path)})
+    assert (result.code, result.err) == (
+        1, "error: glm47-flash is not a CPU model (One DGX Spark (128 GB unified): BF16 weights "
+           "~63 GB, the rest for KV cache); local mode serves: smollm2-135m-cpu. On a GPU box: "
+           "MODEL=glm47-flash ./runMe.sh\n")
+    assert not (tmp_path / "stack.json").exists()

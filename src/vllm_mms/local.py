@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import bootstrap, engine, paths
+from . import bootstrap, config, engine, paths
 from .container import migrate_store, proxy_environment
 from .errors import UserError
 from .render import CONFIG_FILE, MODELS_FILE, render
@@ -197,6 +197,12 @@ def start_local(project: Project, name: str, detach: bool) -> int:
         raise UserError(f"a local stack is already running ({existing.model}, proxy on port "
                         f"{existing.proxy_port}); stop it first: ./runMe.sh down")
     resolved = resolve(project, name)
+    if not resolved.model.local_weights:
+        cpu_models = [n for n in config.available_models(project.models_dir)
+                      if config.load_model_file(project.models_dir / f"{n}.yml").local_weights]
+        raise UserError(f"{name} is not a CPU model ({resolved.model.hardware or 'needs a GPU'}); "
+                        f"local mode serves: {', '.join(cpu_models)}. On a GPU box: "
+                        f"MODEL={name} ./runMe.sh")
     settings = resolved.settings
     for port, var in ((settings.LITELLM_PORT, "LITELLM_PORT"), (settings.VLLM_PORT, "VLLM_PORT")):
         if not port_free(port):
