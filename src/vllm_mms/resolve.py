@@ -93,12 +93,26 @@ def load_secrets(secrets_dir: Path) -> dict[str, str]:
     return secrets
 
 
-def _global_layers(project: Project, environ: dict[str, str]):
+@dataclass
+class _Layers:
+    """The global layers, each validated once: what vars.env and the environment set (raw
+    and typed), the merged settings, engine pass-through variables and the secrets."""
+
+    settings: Settings
+    file_known: dict[str, str]
+    file_settings: Settings
+    env_known: dict[str, str]
+    env_settings: Settings
+    passthrough: dict[str, str]
+    secrets: dict[str, str]
+
+
+def _global_layers(project: Project, environ: dict[str, str]) -> _Layers:
     file_values = config.read_env_file(project.vars_env)
     file_known, passthrough = config.settings_from(file_values, "vars.env")
-    config.validate_settings(file_known, "vars.env")
+    file_settings = config.validate_settings(file_known, "vars.env")
     env_known = {k: v for k, v in environ.items() if k in Settings.keys() and v != ""}
-    config.validate_settings(env_known, "environment")
+    env_settings = config.validate_settings(env_known, "environment")
     secrets = load_secrets(project.secrets_dir)
     # Global settings: built-in < vars.env < secrets file (for the key) < environment.
     layered = dict(file_known)
@@ -106,12 +120,13 @@ def _global_layers(project: Project, environ: dict[str, str]):
         layered["LITELLM_MASTER_KEY"] = secrets["LITELLM_MASTER_KEY"]
     layered.update(env_known)
     settings = config.validate_settings(layered, "settings")
-    return settings, file_known, env_known, passthrough, secrets
+    return _Layers(settings, file_known, file_settings, env_known, env_settings, passthrough,
+                   secrets)
 
 
 def global_settings(project: Project, environ: Optional[dict[str, str]] = None) -> Settings:
     """The settings that do not depend on a model (ports, the proxy key, ...)."""
-    return _global_layers(project, dict(os.environ if environ is None else environ))[0]
+    return _global_layers(project, dict(os.environ if environ is None else environ)).settings
 
 
 def resolve(project: Project, name: str, environ: Optional[dict[str, str]] = None) -> Resolved:
@@ -121,11 +136,12 @@ def resolve(project: Project, name: str, environ: Optional[dict[str, str]] = Non
     model = config.load_model_file(model_path)
     _check_context(model, config.display_path(model_path))
 
-    settings, file_known, env_known, passthrough, secrets = _global_layers(project, environ)
+    layers = _global_layers(project, environ)
+    settings, file_known, env_known = layers.settings, layers.file_known, layers.env_known
+    file_settings, env_settings = layers.file_settings, layers.env_settings
+    passthrough, secrets = layers.passthrough, layers.secrets
 
     sampling: dict[str, dict[str, Any]] = {}
-    file_settings = config.validate_settings(file_known, "vars.env")
-    env_settings = config.validate_settings(env_known, "environment")
     for param, setting in SETTING_FOR_PARAM.items():
         entry: Optional[dict[str, Any]] = None
         if setting in file_known:
