@@ -20,7 +20,7 @@ DEFAULT_COMPOSE_MODEL = "glm47-flash"
 DEFAULT_LOCAL_MODEL = "smollm2-135m-cpu"
 COMMANDS = ("render", "up", "down", "entrypoint", "proxy-entrypoint", "healthcheck",
             "schema", "docs", "test", "bench", "launch", "install-clients", "keys", "usage",
-            "status", "logs", "help", "list")
+            "status", "logs", "doctor", "help", "list")
 
 USAGE = """\
 usage:
@@ -31,6 +31,7 @@ usage:
                                       (default smollm2-135m-cpu; ports: LITELLM_PORT, VLLM_PORT)
   ./runMe.sh down                     stop what runs (compose and local mode)
   ./runMe.sh status                   services, health, uptime, engine queue and KV-cache use
+  ./runMe.sh doctor                   check everything, one line each, with the fix
   ./runMe.sh logs [engine|proxy|db] [-f]
   ./runMe.sh render NAME [--out DIR]  write the generated config, print the engine command
   ./runMe.sh launch claude|codex|opencode [--force] [--model ID] [-- CLIENT ARGS]
@@ -283,6 +284,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if argv[0] == "test":
             return cmd_test(argparse.Namespace(), argv[1:])
+        if argv[0] == "doctor":
+            from . import doctor
+            from .local import read_stack
+
+            compose = running_compose() if read_stack() is None else []
+            local_mode = read_stack() is not None or not compose
+            return doctor.run_doctor(project(), local_mode, compose)
         if argv[0] in ("status", "logs"):
             return cmd_ops(argv)
         if argv[0] in ("keys", "usage"):

@@ -99,6 +99,8 @@ class ModelFile(Strict):
     context_length: Optional[Size] = Field(
         None, description="Tokens the engine serves (its --max-model-len).")
     hardware: Optional[str] = Field(None, description="What the model needs to run.")
+    weights_gb: Optional[Annotated[float, Field(gt=0)]] = Field(
+        None, description="Size of the weights on disk in GB (`doctor` checks free space).")
     aliases: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]] = Field(
         default_factory=list,
         description="Extra model ids the proxy answers to (e.g. the claude-* ids of Claude Code).")

@@ -180,3 +180,17 @@ def test_logs_show_the_service_log(stack):
     assert proc.returncode == 0
     assert "Uvicorn running on http://127.0.0.1:" in proc.stdout
     assert stack.key not in proc.stdout
+
+
+def test_doctor_passes_on_a_healthy_local_stack(stack):
+    proc = subprocess.run([str(ROOT / "runMe.sh"), "doctor"], env=stack.env, capture_output=True,
+                          text=True, timeout=120)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert lines[0] == "doctor (local mode)"
+    port = stack.engine_url.rsplit(":", 1)[1]
+    assert f"ok    engine: healthy at http://127.0.0.1:{port}" in lines
+    assert any(line.startswith("ok    proxy: healthy at http://127.0.0.1:") for line in lines)
+    assert any(line.startswith("ok    generated config: ") for line in lines)
+    assert lines[-1] == "all checks passed"
+    assert stack.key not in proc.stdout

@@ -1,0 +1,74 @@
+"""`./runMe.sh doctor`: a deliberately broken configuration, and the exact docker commands
+it issues in compose mode (through a stand-in `docker` that plays a healthy stack)."""
+
+from __future__ import annotations
+
+import json
+
+from .conftest import run_cli
+
+NO_DOCKER_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def test_broken_secret_fails_every_dependent_check_with_the_fix(project_dir, tmp_path):
+    (project_dir / "secrets" / "HF_TOKEN").write_bytes(b"")
+    result = run_cli("doctor", project=project_dir,
+                     env={"MMS_STATE_DIR": str(tmp_path / "state"), "PATH": NO_DOCKER_PATH,
+                          "MMS_DATABASE_URL": f"sqlite:///{tmp_path / 'u.db'}"})
+    assert result.code == 1, result.out + result.err
+    lines = result.out.splitlines()
+    assert lines[0] == "doctor (local mode)"
+    index = lines.index("fail  settings: secrets/HF_TOKEN: the file is empty")
+    assert lines[index + 1] == "      fix: fix vars.env or the file in secrets/ named above"
+    assert "fail  model glm47-flash: secrets/HF_TOKEN: the file is empty" in lines
+    assert lines[-1] == "6 checks failed"  # settings + the five catalog models
+    assert "Traceback" not in result.out + result.err
+
+
+def test_model_error_names_the_field_and_the_fix(project_dir, tmp_path):
+    (project_dir / "models" / "broken.yml").write_text("description: x\ncommand: vllm serve m; ls\n")
+    result = run_cli("doctor", project=project_dir,
+                     env={"MMS_STATE_DIR": str(tmp_path / "state"),
+                          "MMS_DATABASE_URL": f"sqlite:///{tmp_path / 'u.db'}"})
+    lines = result.out.splitlines()
+    index = lines.index("fail  model broken: models/broken.yml: command: ';' is shell syntax; "
+                        "the command is run without a shell")
+    assert lines[index + 1] == "      fix: edit models/broken.yml (fields: CONFIGURATION.md)"
+    assert "ok    model glm47-flash: valid" in lines
+    assert lines[-1] == "1 check failed" and result.code == 1
+
+
+def test_compose_mode_checks_services_config_and_network(project_dir, tmp_path):
+    record = tmp_path / "record"
+    ps = [{"Service": "vllm-node", "State": "running", "Health": "healthy"},
+          {"Service": "litellm", "State": "running", "Health": "starting"},
+          {"Service": "litellm_db", "State": "running", "Health": "healthy"}]
+    docker = tmp_path / "docker"
+    docker.write_text(
+        "#!/bin/sh\n"
+        f"echo \"$*\" >> {record}\n"
+        "case \"$*\" in\n"
+        "  'compose version') echo 'Docker Compose version v2.30.0';;\n"
+        "  'ps -q') ;;\n"
+        "  'info --format {{json .Runtimes}}') echo '{\"nvidia\":{},\"runc\":{}}';;\n"
+        f"  *' ps --format json') echo '{json.dumps(ps)}';;\n"
+        "  'exec vllm-container test -s /app/generated_configs/config.yaml') exit 0;;\n"
+        "  exec\\ litellm-container*) exit 1;;\n"
+        "esac\n")
+    docker.chmod(0o755)
+    result = run_cli("doctor", project=project_dir,
+                     env={"PATH": f"{tmp_path}:/usr/bin:/bin", "MMS_STATE_DIR": str(tmp_path / "s")})
+    lines = result.out.splitlines()
+    assert lines[0] == "doctor (compose mode)"
+    assert "ok    docker engine: reachable" in lines
+    assert "ok    gpu runtime: nvidia runtime registered with Docker" in lines
+    assert "ok    service vllm-node: running (healthy)" in lines
+    assert "fail  service litellm: running (starting)" in lines
+    assert "ok    generated config: present in the engine container" in lines
+    assert "fail  proxy → engine: the proxy container cannot reach vllm-node:8000" in lines
+    assert result.code == 1 and lines[-1] == "2 checks failed"
+    compose_file = project_dir / "docker-compose.yml"
+    calls = record.read_text().splitlines()
+    assert f"compose -f {compose_file} ps --format json" in calls
+    assert ("exec litellm-container python3 -c import urllib.request; urllib.request.urlopen("
+            "'http://vllm-node:8000/health', timeout=5)") in calls
