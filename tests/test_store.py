@@ -147,3 +147,35 @@ def test_usage_command_prints_the_table(tmp_path):
         "model  requests  errors  prompt  completion  p50 ms  p95 ms\n"
         "m1     4         1       12      8           25      38\n"
         "m2     1         1       3       2           5       5\n")
+
+
+def test_rows_being_written_count_against_the_bound():
+    """While a write hangs on a dying connection, new rows must not push the queue past its
+    bound: the batch in flight is still held in memory and comes back on failure."""
+    class HangingStore:
+        def __init__(self):
+            self.release = asyncio.Event()
+
+        async def migrate(self):
+            pass
+
+        async def insert_usage(self, rows):
+            await self.release.wait()
+            raise ConnectionError("connection lost")
+
+    async def scenario():
+        store = HangingStore()
+        queue = UsageQueue(lambda: store, max_rows=5, batch_size=3)
+        for i in range(3):
+            queue.add({"ts": i})
+        writing = asyncio.create_task(queue.flush())
+        await asyncio.sleep(0)  # the flush has taken its batch of 3 and waits
+        for i in range(3, 10):
+            queue.add({"ts": i})
+        store.release.set()
+        await writing
+        return queue
+
+    queue = run(scenario())
+    assert [r["ts"] for r in queue.rows] == [0, 1, 2, 3, 4]
+    assert queue.dropped == 5

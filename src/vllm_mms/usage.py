@@ -32,6 +32,7 @@ class UsageQueue:
         self.rows: collections.deque[dict[str, Any]] = collections.deque()
         self.dropped = 0
         self.written = 0
+        self.in_flight = 0  # rows taken for a write that has not finished: still held
         self.failing_since: Optional[float] = None
         self._task: Optional[asyncio.Task] = None
         self._store: Optional[Store] = None
@@ -46,7 +47,7 @@ class UsageQueue:
                    retention_days=float(os.environ.get("USAGE_RETENTION_DAYS", "90")))
 
     def add(self, row: dict[str, Any]) -> None:
-        if len(self.rows) >= self.max_rows:
+        if len(self.rows) + self.in_flight >= self.max_rows:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 100 == 0:
                 log.error("usage queue full (%d rows waiting for the database): %d usage rows "
@@ -79,6 +80,7 @@ class UsageQueue:
         total = 0
         while self.rows:
             batch = [self.rows.popleft() for _ in range(min(self.batch_size, len(self.rows)))]
+            self.in_flight = len(batch)
             try:
                 if not self._migrated:  # the schema exists before the first write
                     await self.store.migrate()
@@ -91,6 +93,8 @@ class UsageQueue:
                     log.warning("usage database unavailable (%s): %d rows wait in the queue",
                                 type(exc).__name__, len(self.rows))
                 return total
+            finally:
+                self.in_flight = 0
             total += len(batch)
             self.written += len(batch)
         if self.failing_since is not None:
