@@ -68,19 +68,10 @@ def proxy_entrypoint(project: Project) -> None:
 def migrate_store() -> None:
     """Create or upgrade the key/usage schema before the proxy serves (idempotent). A database
     that is not reachable yet is not fatal: the proxy migrates again before its first write."""
-    import asyncio
-
-    from .store import Store
-
-    async def run() -> None:
-        store = Store()
-        try:
-            await store.migrate()
-        finally:
-            await store.close()
+    from .store import migrate_now
 
     try:
-        asyncio.run(run())
+        migrate_now()
         print("[proxy] key/usage schema ready", file=sys.stderr, flush=True)
     except Exception as exc:  # noqa: BLE001
         print(f"[proxy] key/usage database not reachable yet ({type(exc).__name__}); "

@@ -163,20 +163,10 @@ def _weights_gb(project: Project, name: str) -> Optional[float]:
 
 
 def check_database() -> Check:
-    import asyncio
-
-    from .store import Store
-
-    async def probe() -> None:
-        store = Store()
-        try:
-            await store.migrate()
-        finally:
-            await store.close()
+    from .store import migrate_now
 
     try:
-        asyncio.run(probe())
-        return Check("ok", "database", Store().url.split("@")[-1])
+        return Check("ok", "database", migrate_now())
     except Exception as exc:  # noqa: BLE001 - any driver error
         return Check("fail", "database", f"unreachable ({type(exc).__name__})",
                      "check MMS_DATABASE_URL, or that the compose database is healthy")

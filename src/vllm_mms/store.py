@@ -57,6 +57,22 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def migrate_now(url: Optional[str] = None) -> str:
+    """Create or upgrade the schema from synchronous code (start-up, doctor); returns the
+    database it reached, without credentials. Raises what the driver raises."""
+    import asyncio
+
+    async def run() -> str:
+        store = Store(url)
+        try:
+            await store.migrate()
+            return store.url.split("@")[-1]
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
 def default_url() -> str:
     return os.environ.get("MMS_DATABASE_URL") or f"sqlite:///{paths.state_dir() / 'usage.db'}"
 

@@ -142,14 +142,19 @@ async def _tables_exist(url: str) -> bool:
 OUTAGE_SECONDS = float(os.environ.get("MMS_TEST_OUTAGE_SECONDS", "60"))
 
 
-def test_database_outage_under_steady_load_loses_nothing_within_the_bound(
-        recording_proxy_factory, own_postgres_url):
-    postgres_url = own_postgres_url
+def cuttable(postgres_url: str) -> tuple[PausableTcpProxy, str]:
+    """A line to the database that the test can cut, and the URL that goes through it."""
     asyncio.run(_reset(postgres_url))
     parsed = urlparse(postgres_url)
     cut = PausableTcpProxy(parsed.hostname, parsed.port or 5432)
-    via_cut = postgres_url.replace(f"{parsed.hostname}:{parsed.port or 5432}",
-                                   f"127.0.0.1:{cut.port}")
+    return cut, postgres_url.replace(f"{parsed.hostname}:{parsed.port or 5432}",
+                                     f"127.0.0.1:{cut.port}")
+
+
+def test_database_outage_under_steady_load_loses_nothing_within_the_bound(
+        recording_proxy_factory, own_postgres_url):
+    postgres_url = own_postgres_url
+    cut, via_cut = cuttable(postgres_url)
     proxy = recording_proxy_factory(SECTION, env={"MMS_DATABASE_URL": via_cut, **FAST})
     statuses = []
     try:
@@ -174,11 +179,7 @@ def test_database_outage_under_steady_load_loses_nothing_within_the_bound(
 
 def test_queue_overflow_is_counted_and_logged(recording_proxy_factory, own_postgres_url):
     postgres_url = own_postgres_url
-    asyncio.run(_reset(postgres_url))
-    parsed = urlparse(postgres_url)
-    cut = PausableTcpProxy(parsed.hostname, parsed.port or 5432)
-    via_cut = postgres_url.replace(f"{parsed.hostname}:{parsed.port or 5432}",
-                                   f"127.0.0.1:{cut.port}")
+    cut, via_cut = cuttable(postgres_url)
     proxy = recording_proxy_factory(SECTION, env={"MMS_DATABASE_URL": via_cut,
                                                   "MMS_USAGE_QUEUE_ROWS": "10", **FAST})
     try:
