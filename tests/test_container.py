@@ -72,6 +72,20 @@ def test_engine_entrypoint_renders_then_execs_vllm(project_dir, tmp_path):
     assert "hf_canary_123" not in out + err and seen["engine_key"] not in out + err
 
 
+def test_recreated_engine_keeps_the_key_the_running_proxy_holds(project_dir, tmp_path):
+    """`switch` in compose recreates only the engine: the proxy keeps its key, so must it."""
+    generated = tmp_path / "generated"
+    generated.mkdir()
+    (generated / ".engine_api_key").write_text("sk-engine-from-the-first-start")
+    record = tmp_path / "record.json"
+    stand_in(tmp_path / "bin", "vllm", record)
+    proc, out, err = run_entrypoint("entrypoint", project_dir, tmp_path,
+                                    {"MODEL": "glm47-flash"})
+    assert proc.returncode == 0, err
+    assert json.loads(record.read_text())["engine_key"] == "sk-engine-from-the-first-start"
+    assert "model_name: \"glm47-flash\"" in (generated / "config.yaml").read_text()
+
+
 def test_proxy_entrypoint_execs_litellm_with_keys_in_its_environment(project_dir, tmp_path):
     (project_dir / "secrets" / "LITELLM_MASTER_KEY").write_text("sk-master-canary\n")
     stand_in(tmp_path / "bin", "vllm", tmp_path / "engine.json")

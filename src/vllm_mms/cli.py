@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import config, engine, paths
+from . import config, engine, fit, paths
 from .errors import UserError
 from .render import COMPOSE_API_BASE, render
 from .resolve import Project, resolve
@@ -20,16 +20,24 @@ DEFAULT_COMPOSE_MODEL = "glm47-flash"
 DEFAULT_LOCAL_MODEL = "smollm2-135m-cpu"
 COMMANDS = ("render", "up", "down", "entrypoint", "proxy-entrypoint", "healthcheck",
             "schema", "docs", "test", "bench", "launch", "install-clients", "keys", "usage",
-            "status", "logs", "doctor", "help", "list")
+            "status", "logs", "doctor", "fit", "switch", "help", "list")
 
 USAGE = """\
 usage:
   ./runMe.sh                          list the models and this help
-  MODEL=NAME ./runMe.sh [-d] [--build]
-  ./runMe.sh NAME [-d] [--build]      start NAME with docker compose (default glm47-flash)
-  ./runMe.sh --local [NAME] [-d]      start NAME on this machine: CPU, no Docker
+  MODEL=NAME ./runMe.sh [-d] [--build] [--force]
+  ./runMe.sh NAME [-d] [--build] [--force]
+                                      start NAME with docker compose (default glm47-flash)
+  ./runMe.sh --local [NAME] [-d] [--force]
+                                      start NAME on this machine: CPU, no Docker
                                       (default smollm2-135m-cpu; ports: LITELLM_PORT, VLLM_PORT)
   ./runMe.sh down                     stop what runs (compose and local mode)
+  ./runMe.sh fit NAME [--gpu-memory SIZE] [--nodes N] [--max-model-len N] [--max-num-seqs N]
+                 [--gpu-memory-utilization F]
+                                      will NAME fit? weights + KV cache vs memory (also run
+                                      before every start; --force starts anyway)
+  ./runMe.sh switch NAME [--force]    load NAME, move the proxy to it, stop the old engine;
+                                      the old one keeps serving if NAME fails
   ./runMe.sh status                   services, health, uptime, engine queue and KV-cache use
   ./runMe.sh doctor                   check everything, one line each, with the fix
   ./runMe.sh logs [engine|proxy|db] [-f]
@@ -106,7 +114,8 @@ def docker_engine_reachable() -> bool:
 def cmd_up(args: argparse.Namespace) -> int:
     proj = project()
     name = args.model or os.environ.get("MODEL") or DEFAULT_COMPOSE_MODEL
-    resolve(proj, name)  # fail here, in one line, before Docker is involved
+    resolved = resolve(proj, name)  # fail here, in one line, before Docker is involved
+    fit.preflight(resolved, args.force)
     cmd = [*compose_command(), "-f", str(proj.root / "docker-compose.yml"), "up"]
     if not docker_engine_reachable():
         raise UserError("no Docker engine is reachable ('docker ps' failed): start Docker "
@@ -187,7 +196,8 @@ def cmd_test(args: argparse.Namespace, extra: Sequence[str]) -> int:
 def cmd_local(args: argparse.Namespace) -> int:
     from . import local
 
-    return local.start_local(project(), args.model or DEFAULT_LOCAL_MODEL, detach=args.detach)
+    return local.start_local(project(), args.model or DEFAULT_LOCAL_MODEL, detach=args.detach,
+                             force=args.force)
 
 
 def running_compose() -> list[str]:
@@ -242,6 +252,49 @@ def cmd_launch(argv: list[str]) -> int:
 
 # ----------------------------------------------------------------------------- dispatch
 
+def positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) <= 0:
+        raise UserError(f"{value!r}: expected a whole number above 0", 2)
+    return int(value)
+
+
+def token_count(value: str) -> int:
+    parsed = config.parse_size(value)
+    if not isinstance(parsed, int) or parsed <= 0:
+        raise UserError(f"{value!r}: expected a token count such as 32768 or 128K", 2)
+    return parsed
+
+
+def fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 < number <= 1:
+        raise UserError(f"{value!r}: expected a fraction above 0, at most 1 (e.g. 0.85)", 2)
+    return number
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    resolved = resolve(project(), args.model)
+    weights = None
+    if resolved.model.local_weights:
+        from .prepare_model import weights_dir
+
+        weights = weights_dir()
+    verdict = fit.check(resolved, gpu_memory=args.gpu_memory, nodes=args.nodes,
+                        max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+                        utilization=args.gpu_memory_utilization, weights=weights)
+    print("\n".join(verdict.lines))
+    return 0 if verdict.fits else 1
+
+
+def cmd_switch(args: argparse.Namespace) -> int:
+    from . import switch
+
+    return switch.switch(project(), args.model, force=args.force, compose=running_compose())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="./runMe.sh", add_help=False)
     sub = parser.add_subparsers(dest="command")
@@ -252,9 +305,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?")
     p.add_argument("-d", "--detach", action="store_true")
     p.add_argument("--build", action="store_true")
+    p.add_argument("--force", action="store_true")
     p = sub.add_parser("local", add_help=False)
     p.add_argument("model", nargs="?")
     p.add_argument("-d", "--detach", action="store_true")
+    p.add_argument("--force", action="store_true")
+    p = sub.add_parser("fit", add_help=False)
+    p.add_argument("model")
+    p.add_argument("--gpu-memory", type=fit.parse_memory)
+    p.add_argument("--nodes", type=positive_int, default=1)
+    p.add_argument("--max-model-len", type=token_count)
+    p.add_argument("--max-num-seqs", type=positive_int)
+    p.add_argument("--gpu-memory-utilization", type=fraction)
+    p = sub.add_parser("switch", add_help=False)
+    p.add_argument("model")
+    p.add_argument("--force", action="store_true")
     for name in ("down", "entrypoint", "proxy-entrypoint", "healthcheck", "schema", "docs",
                  "help", "list"):
         sub.add_parser(name, add_help=False)
@@ -317,6 +382,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "render": cmd_render, "up": cmd_up, "down": cmd_down, "local": cmd_local,
             "entrypoint": cmd_entrypoint, "proxy-entrypoint": cmd_proxy_entrypoint,
             "healthcheck": cmd_healthcheck, "schema": cmd_schema, "docs": cmd_docs,
+            "fit": cmd_fit, "switch": cmd_switch,
         }
         if args.command in ("list", "help"):
             print_models(project())

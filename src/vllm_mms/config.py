@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from dotenv.parser import parse_stream
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
-                      WithJsonSchema, field_validator)
+                      WithJsonSchema, field_validator, model_validator)
 
 from .errors import UserError
 
@@ -92,6 +92,32 @@ class LitellmSection(Strict):
         None, description="Requests per minute per API key; more get 429 with Retry-After.")
 
 
+class Architecture(Strict):
+    """The numbers `fit` needs when the model's config.json is not on disk, with their source."""
+
+    source: str = Field(min_length=1, description="Where the numbers come from (config.json URL, "
+                                                  "model card).")
+    attention_layers: Annotated[int, Field(gt=0)] = Field(
+        description="Layers whose KV cache grows with the context (full attention).")
+    kv_heads: Optional[Annotated[int, Field(gt=0)]] = Field(
+        None, description="Key/value heads per attention layer (GQA groups).")
+    head_dim: Optional[Annotated[int, Field(gt=0)]] = Field(None, description="Size of one head.")
+    mla_kv_dim: Optional[Annotated[int, Field(gt=0)]] = Field(
+        None, description="Multi-head latent attention: values cached per token and layer "
+                          "(kv_lora_rank + qk_rope_head_dim); replaces kv_heads x head_dim x 2.")
+    sliding_window_layers: Annotated[int, Field(ge=0)] = Field(
+        0, description="Layers with a sliding window (their cache stops growing at the window).")
+    sliding_window: Annotated[int, Field(ge=0)] = Field(0, description="Window size in tokens.")
+    state_mib_per_sequence: Annotated[float, Field(ge=0)] = Field(
+        0, description="Fixed state per sequence of recurrent / linear-attention layers, MiB.")
+
+    @model_validator(mode="after")
+    def _one_kv_shape(self) -> "Architecture":
+        if self.mla_kv_dim is None and (self.kv_heads is None or self.head_dim is None):
+            raise ValueError("give kv_heads and head_dim, or mla_kv_dim")
+        return self
+
+
 class ModelFile(Strict):
     """models/NAME.yml"""
 
@@ -104,6 +130,8 @@ class ModelFile(Strict):
     aliases: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]] = Field(
         default_factory=list,
         description="Extra model ids the proxy answers to (e.g. the claude-* ids of Claude Code).")
+    architecture: Optional[Architecture] = Field(
+        None, description="Architecture numbers for `fit` (used when config.json is not on disk).")
     local_weights: Optional[Literal["smollm2-135m-instruct"]] = Field(
         None, description="Local mode serves this prepared checkpoint instead of a hub id.")
     command: str = Field(description="The engine line: `vllm serve <hf-id> [flags]`.")

@@ -33,8 +33,10 @@ def _model_name() -> str:
 def engine_entrypoint(project: Project) -> None:
     resolved = resolve(project, _model_name())
     written = render(project, resolved, GENERATED_DIR)
-    key = engine.internal_api_key(resolved)
     key_path = GENERATED_DIR / ENGINE_KEY_FILE
+    # A recreated engine (./runMe.sh switch) keeps the key the running proxy already holds.
+    previous = key_path.read_text().strip() if key_path.is_file() else ""
+    key = resolved.secrets.get("VLLM_API_KEY") or previous or engine.internal_api_key(resolved)
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(key)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import bootstrap, config, engine, paths
+from . import bootstrap, config, engine, fit, paths
 from .container import migrate_store, proxy_environment
 from .errors import UserError
 from .render import CONFIG_FILE, MODELS_FILE, render
@@ -191,18 +191,23 @@ def wait_healthy(stack: Stack, procs: dict[str, subprocess.Popen], deadline_s: f
         sys.stderr.write("\r\033[K")
 
 
-def start_local(project: Project, name: str, detach: bool) -> int:
+def require_cpu_model(project: Project, resolved: Resolved) -> None:
+    if resolved.model.local_weights:
+        return
+    cpu_models = [n for n in config.available_models(project.models_dir)
+                  if config.load_model_file(project.models_dir / f"{n}.yml").local_weights]
+    raise UserError(f"{resolved.name} is not a CPU model ({resolved.model.hardware or 'needs a GPU'}); "
+                    f"local mode serves: {', '.join(cpu_models)}. On a GPU box: "
+                    f"MODEL={resolved.name} ./runMe.sh")
+
+
+def start_local(project: Project, name: str, detach: bool, force: bool = False) -> int:
     existing = read_stack()
     if existing and any(alive(p) for p in existing.pids):
         raise UserError(f"a local stack is already running ({existing.model}, proxy on port "
                         f"{existing.proxy_port}); stop it first: ./runMe.sh down")
     resolved = resolve(project, name)
-    if not resolved.model.local_weights:
-        cpu_models = [n for n in config.available_models(project.models_dir)
-                      if config.load_model_file(project.models_dir / f"{n}.yml").local_weights]
-        raise UserError(f"{name} is not a CPU model ({resolved.model.hardware or 'needs a GPU'}); "
-                        f"local mode serves: {', '.join(cpu_models)}. On a GPU box: "
-                        f"MODEL={name} ./runMe.sh")
+    require_cpu_model(project, resolved)
     settings = resolved.settings
     for port, var in ((settings.LITELLM_PORT, "LITELLM_PORT"), (settings.VLLM_PORT, "VLLM_PORT")):
         if not port_free(port):
@@ -217,6 +222,7 @@ def start_local(project: Project, name: str, detach: bool) -> int:
         from .prepare_model import ensure_weights
 
         weights = ensure_weights(engine_python)
+    fit.preflight(resolved, force, weights)
 
     state = paths.state_dir()
     logs = state / "logs"
@@ -315,10 +321,14 @@ def supervise(stack: Stack, procs: dict[str, subprocess.Popen]) -> int:
     print("serving in the foreground; Ctrl-C stops everything", flush=True)
     code = 0
     while stopping["signal"] is None:
-        dead = [n for n, p in procs.items() if p.poll() is not None]
+        # `switch` replaces the engine and records it in the stack file: follow that.
+        stack = read_stack() or stack
+        _reap()
+        dead = [n for n, pid in (("engine", stack.engine_pid), ("proxy", stack.proxy_pid))
+                if not alive(pid)]
         if dead:
             name = dead[0]
-            print(f"the {name} exited (code {procs[name].returncode}); stopping the stack. "
+            print(f"the {name} exited; stopping the stack. "
                   f"Last lines of its log:\n{tail(Path(stack.log_dir) / (name + '.log'))}",
                   file=sys.stderr)
             code = 1

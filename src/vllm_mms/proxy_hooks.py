@@ -64,6 +64,48 @@ class _ModelSettings:
 MODEL_SETTINGS = _ModelSettings()
 
 
+class _RouterSync:
+    """The router follows generated_configs/config.yaml: `./runMe.sh switch` renders a new
+    one (another engine, other model ids) and the running proxy moves to it on its next
+    request, without a restart. In-flight requests finish on the old engine."""
+
+    def __init__(self) -> None:
+        self._mtime = self._stat()  # the proxy loaded this version at start
+
+    @property
+    def path(self) -> Path:
+        return MODEL_SETTINGS.path.with_name("config.yaml")
+
+    def _stat(self) -> Optional[float]:
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return None
+
+    def sync(self) -> None:
+        mtime = self._stat()
+        if mtime is None or mtime == self._mtime:
+            return
+        from litellm.proxy import proxy_server
+
+        router = proxy_server.llm_router
+        try:
+            model_list = (yaml.safe_load(self.path.read_text()) or {}).get("model_list") or []
+        except (OSError, yaml.YAMLError) as exc:
+            log.error("mms: %s not reloaded: %s", self.path, exc)
+            return
+        if router is None or not model_list:
+            return
+        router.set_model_list(model_list)
+        proxy_server.llm_model_list = router.get_model_list()
+        self._mtime = mtime
+        log.warning("mms: model list reloaded from %s: %s", self.path,
+                    ", ".join(str(m.get("model_name")) for m in model_list))
+
+
+ROUTER = _RouterSync()
+
+
 def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
 
@@ -127,6 +169,7 @@ async def custom_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
     if not api_key:
         raise _unauthorized("Authentication Error: no API key given "
                             "(send 'Authorization: Bearer <key>' or 'x-api-key: <key>')")
+    ROUTER.sync()
     limits = MODEL_SETTINGS.get().get("limits", {}) or {}
     if master and hmac.compare_digest(_digest(api_key), _digest(master)):
         return UserAPIKeyAuth(

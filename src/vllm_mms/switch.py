@@ -1,0 +1,243 @@
+"""`./runMe.sh switch MODEL`: move a running stack to another catalog model.
+
+Local mode (blue/green): start the new engine beside the old one on a free port, wait for
+its health, render the configuration for it (the proxy follows config.yaml without a
+restart, see proxy_hooks.ROUTER), let the old engine finish what it is serving, stop it.
+If the new engine never becomes healthy, it is stopped and the old one never stopped serving.
+
+Compose mode: a GPU holds one large model at a time, so the engine service is recreated with
+the new MODEL (no rebuild, no other service touched); the engine entrypoint renders the new
+configuration into the shared volume and the proxy follows it. If the new engine does not
+become healthy, the service is recreated with the old MODEL (rollback).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+from . import bootstrap, fit, local
+from .errors import UserError
+from .render import render
+from .resolve import Project, Resolved, resolve
+
+ENGINE_SERVICE = "vllm-node"
+ENGINE_CONTAINER = "vllm-container"
+
+
+def switch(project: Project, name: str, force: bool, compose: list[str]) -> int:
+    stack = local.read_stack()
+    if stack is not None and any(local.alive(p) for p in stack.pids):
+        return switch_local(project, stack, name, force)
+    if compose and compose_engine_model(compose) is not None:
+        return switch_compose(project, compose, name, force)
+    raise UserError(f"nothing is running to switch; start {name} with ./runMe.sh --local "
+                    f"{name} (CPU) or MODEL={name} ./runMe.sh (Docker)")
+
+
+# ----------------------------------------------------------------------------- local mode
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def proxy_engine_key(proxy_pid: int) -> str:
+    """The key the running proxy sends to the engine (from its environment: the new engine
+    must accept the same key, and it is written nowhere)."""
+    try:
+        raw = Path(f"/proc/{proxy_pid}/environ").read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read the proxy's environment (pid {proxy_pid}): {exc}") from None
+    for item in raw.split(b"\0"):
+        if item.startswith(b"VLLM_API_KEY="):
+            return item.split(b"=", 1)[1].decode()
+    raise UserError(f"the proxy (pid {proxy_pid}) has no engine key; restart the stack")
+
+
+def engine_load(port: int) -> Optional[float]:
+    """Requests running + waiting in an engine, from its Prometheus metrics."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as resp:  # noqa: S310
+            text = resp.read().decode(errors="replace")
+    except OSError:
+        return None
+    total = 0.0
+    for line in text.splitlines():
+        if re.match(r"vllm:num_requests_(running|waiting)\{", line):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_engine(proc: subprocess.Popen, port: int, log: Path, deadline_s: float) -> None:
+    update = local._progress("switch")
+    deadline = time.monotonic() + deadline_s
+    while not local.http_ok(f"http://127.0.0.1:{port}/health"):
+        if proc.poll() is not None:
+            raise UserError(f"the new engine exited (code {proc.returncode}) while loading; "
+                            f"last lines of {log}:\n{local.tail(log)}")
+        if time.monotonic() > deadline:
+            raise UserError(f"the new engine was not healthy after {deadline_s:.0f}s "
+                            f"(MMS_START_TIMEOUT); last lines of {log}:\n{local.tail(log)}")
+        update("loading the new model")
+        time.sleep(1)
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+
+
+def proxy_serves(stack: local.Stack, master_key: str, names: list[str], deadline_s: float) -> bool:
+    """True once the proxy lists the new model ids (it re-reads config.yaml on a request)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(f"http://127.0.0.1:{stack.proxy_port}/v1/models",
+                                         headers={"Authorization": f"Bearer {master_key}"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310 - loopback
+                ids = {m.get("id") for m in json.load(resp).get("data", [])}
+            if set(names) <= ids:
+                return True
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def drain(port: int, deadline_s: float) -> float:
+    """Wait until the old engine has nothing running or waiting (or the deadline)."""
+    start = time.monotonic()
+    while time.monotonic() - start < deadline_s:
+        load = engine_load(port)
+        if not load:  # 0 requests, or the engine no longer answers
+            break
+        time.sleep(0.5)
+    return time.monotonic() - start
+
+
+def switch_local(project: Project, stack: local.Stack, name: str, force: bool) -> int:
+    if stack.model == name:
+        print(f"{name} is already serving")
+        return 0
+    old = resolve(project, stack.model)
+    new = resolve(project, name)
+    local.require_cpu_model(project, new)
+    engine_python = bootstrap.ensure_env("engine")
+    weights = None
+    if new.model.local_weights:
+        from .prepare_model import ensure_weights
+
+        weights = ensure_weights(engine_python)
+    fit.preflight(new, force, weights)
+
+    key = proxy_engine_key(stack.proxy_pid)
+    logs = Path(stack.log_dir)
+    port = free_port()
+    with open(logs / "engine.log", "a") as handle:
+        handle.write(f"=== switch: starting {name} on port {port} ===\n")
+    print(f"switch: starting {name} beside {stack.model} (engine port {port}) ...", flush=True)
+    proc = local.engine_process(new, engine_python, weights, key, logs, port)
+    try:
+        wait_engine(proc, port, logs / "engine.log",
+                    float(os.environ.get("MMS_START_TIMEOUT", "600")))
+    except (UserError, KeyboardInterrupt) as exc:
+        local.terminate([proc.pid])
+        why = exc.message if isinstance(exc, UserError) else "interrupted"
+        raise UserError(f"switch to {name} failed, {stack.model} keeps serving (rolled back): "
+                        f"{why}") from None
+
+    generated = logs.parent / "generated_configs"
+    render(project, new, generated, api_base=f"http://127.0.0.1:{port}/v1")
+    if not proxy_serves(stack, new.settings.LITELLM_MASTER_KEY, new.model_names, 30):
+        render(project, old, generated, api_base=f"http://127.0.0.1:{stack.engine_port}/v1")
+        local.terminate([proc.pid])
+        raise UserError(f"switch to {name} failed: the proxy did not pick up the new "
+                        f"configuration within 30s; {stack.model} keeps serving (rolled back)")
+
+    old_pid, old_port = stack.engine_pid, stack.engine_port
+    stack.model, stack.engine_pid, stack.engine_port = name, proc.pid, port
+    local.stack_file().write_text(json.dumps(asdict(stack)) + "\n")
+    waited = drain(old_port, float(old.limits["request_timeout"]))
+    local.terminate([old_pid])
+    print(f"switched: {old.name} -> {name}; the proxy on port {stack.proxy_port} serves "
+          f"{', '.join(new.model_names)} (old engine drained in {waited:.1f}s and stopped)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- compose mode
+
+def _docker(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
+
+
+def compose_engine_model(compose: list[str]) -> Optional[str]:
+    """MODEL of the engine container, or None when it does not exist."""
+    out = _docker(["docker", "inspect", "--format", "{{range .Config.Env}}{{println .}}{{end}}",
+                   ENGINE_CONTAINER])
+    if out.returncode != 0:
+        return None
+    for line in out.stdout.splitlines():
+        if line.startswith("MODEL="):
+            return line.split("=", 1)[1]
+    return None
+
+
+def recreate_engine(compose: list[str], model: str) -> None:
+    cmd = [*compose, "up", "-d", "--no-deps", "--no-build", "--force-recreate", ENGINE_SERVICE]
+    print(f"switch: MODEL={model} {' '.join(cmd)}", flush=True)
+    result = subprocess.run(cmd, env={**os.environ, "MODEL": model})
+    if result.returncode != 0:
+        raise UserError(f"'{' '.join(cmd)}' failed (exit {result.returncode})")
+
+
+def wait_container_healthy(deadline_s: float) -> Optional[str]:
+    """None when healthy, else why not."""
+    update = local._progress("switch")
+    deadline = time.monotonic() + deadline_s
+    while True:
+        out = _docker(["docker", "inspect", "--format",
+                       "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}",
+                       ENGINE_CONTAINER])
+        state = out.stdout.split()
+        if out.returncode == 0 and state[1:] == ["healthy"]:
+            return None
+        if out.returncode != 0 or state[:1] in (["exited"], ["dead"]) or state[1:] == ["unhealthy"]:
+            return f"the engine container is {' '.join(state) or 'gone'}"
+        if time.monotonic() > deadline:
+            return f"the engine was not healthy after {deadline_s:.0f}s (MMS_START_TIMEOUT)"
+        update("loading the new model")
+        time.sleep(5)
+
+
+def switch_compose(project: Project, compose: list[str], name: str, force: bool) -> int:
+    old = compose_engine_model(compose)
+    if old == name:
+        print(f"{name} is already serving")
+        return 0
+    new: Resolved = resolve(project, name)
+    fit.preflight(new, force)
+    deadline = float(os.environ.get("MMS_START_TIMEOUT", "1800"))
+    recreate_engine(compose, name)
+    why = wait_container_healthy(deadline)
+    if why is None:
+        print(f"switched: {old} -> {name}; the proxy follows the new configuration")
+        return 0
+    logs = _docker([*compose, "logs", "--no-color", "--tail", "30", ENGINE_SERVICE])
+    print(f"switch to {name} failed: {why}; last engine log lines:\n{logs.stdout}", file=sys.stderr)
+    if old is None:
+        raise UserError(f"switch to {name} failed and no previous model is known to roll back to")
+    print(f"rolling back to {old} ...", file=sys.stderr, flush=True)
+    recreate_engine(compose, old)
+    again = wait_container_healthy(deadline)
+    if again is not None:
+        raise UserError(f"switch to {name} failed ({why}); the rollback to {old} failed too "
+                        f"({again}): see ./runMe.sh logs engine")
+    raise UserError(f"switch to {name} failed ({why}); rolled back: {old} serves again")

@@ -1,0 +1,179 @@
+"""`./runMe.sh fit`: the exact report and verdict for the catalog, config.json read from a
+Hugging Face cache when present, the check before a start, and bad arguments."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vllm_mms import fit
+
+from .conftest import ROOT, run_cli
+
+QWEN_ON_128 = """\
+fit qwen3-next-coder (Qwen/Qwen3-Coder-Next-FP8)
+  memory     128.0 GiB per GPU (given), unified with the CPU
+  budget      108.8 GiB  gpu-memory-utilization 0.85 x 1 GPU(s), 10 GiB kept for the OS
+  weights      72.6 GiB  (catalog weights_gb)
+  overhead      4.9 GiB  (activations, CUDA graphs, context: a margin, not a measurement)
+  KV cache      9.5 GiB  4 sequences x 204800 tokens, 12.2 KiB/token (fp8)
+                2.4 GiB  one sequence at full context (the minimum to start)
+  total        87.1 GiB
+  architecture: catalog, from https://huggingface.co/Qwen/Qwen3-Coder-Next (model card) and its config.json
+verdict: fits (21.7 GiB to spare)
+"""
+
+
+def test_qwen3_next_coder_fp8_at_200k_fits_one_spark(project_dir):
+    result = run_cli("fit", "qwen3-next-coder", "--gpu-memory", "128GiB", "--max-model-len",
+                     "200K", project=project_dir)
+    assert (result.code, result.out, result.err) == (0, QWEN_ON_128, "")
+
+
+def test_step_flash_does_not_fit_one_spark(project_dir):
+    result = run_cli("fit", "step-3.5-flash", "--gpu-memory", "128GiB", project=project_dir)
+    assert result.code == 1
+    lines = result.out.splitlines()
+    assert lines[3] == "  weights     186.3 GiB  (catalog weights_gb)"
+    assert lines[-2:] == [
+        "verdict: does not fit: the command asks for 2 GPUs (tensor x pipeline parallel), the "
+        "machine has 1; the weights alone (186.3 GiB) exceed the budget (115.2 GiB)",
+        "  fits with one of these changes: 2 GPUs: on DGX Sparks, 2 nodes over Ray "
+        "(check with --nodes 2)"]
+
+
+def test_step_flash_fits_two_sparks(project_dir):
+    result = run_cli("fit", "step-3.5-flash", "--gpu-memory", "128G", "--nodes", "2",
+                     project=project_dir)
+    assert result.code == 0, result.out
+    assert "  budget      230.4 GiB  gpu-memory-utilization 0.9 x 2 GPU(s), 10 GiB kept for " \
+           "the OS" in result.out.splitlines()
+    assert result.out.splitlines()[-1] == "verdict: fits (20.4 GiB to spare)"
+
+
+def test_fits_with_changes_names_each_change(project_dir):
+    result = run_cli("fit", "glm47-flash", "--gpu-memory", "128GiB",
+                     "--gpu-memory-utilization", "0.5", project=project_dir)
+    assert result.code == 1
+    assert result.out.splitlines()[-2:] == [
+        "verdict: does not fit: weights + overhead + one full sequence need 69.8 GiB, the "
+        "budget is 64.0 GiB",
+        "  fits with one of these changes: --max-model-len 18432 (or less); "
+        "--gpu-memory-utilization 0.55"]
+
+
+def test_fewer_full_length_sequences_than_asked_still_starts(project_dir):
+    result = run_cli("fit", "glm47-flash", "--gpu-memory", "128GiB", project=project_dir)
+    assert result.code == 0
+    assert result.out.splitlines()[-1] == (
+        "verdict: fits; the KV cache holds 5 of 8 sequences at full context (vLLM queues the "
+        "rest; shorter prompts share the space)")
+
+
+def test_the_cpu_model_fits_here_from_its_own_config_json(project_dir):
+    result = run_cli("fit", "smollm2-135m-cpu", project=project_dir)
+    assert result.code == 0, result.out
+    lines = result.out.splitlines()
+    assert lines[0] == "fit smollm2-135m-cpu (HuggingFaceTB/SmolLM2-135M-Instruct)"
+    assert lines[1].startswith("  memory     CPU: ")
+    # 30 layers x 3 KV heads x 64 x 2 (K and V) x 2 bytes = 22.5 KiB per token
+    assert lines[5] == ("  KV cache      1.4 GiB  8 sequences x 8192 tokens, 22.5 KiB/token "
+                        "(bfloat16)")
+    assert lines[-1].startswith("verdict: fits (")
+
+
+def test_config_json_in_the_hf_cache_wins_over_the_catalog(project_dir, tmp_path):
+    snapshot = (tmp_path / "hf" / "hub" / "models--Qwen--Qwen3-Coder-Next-FP8" / "snapshots"
+                / "0123abc")
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps({
+        "model_type": "qwen3_next", "num_hidden_layers": 48, "full_attention_interval": 4,
+        "num_attention_heads": 16, "num_key_value_heads": 2, "head_dim": 256,
+        "hidden_size": 2048, "linear_num_value_heads": 32, "linear_key_head_dim": 128,
+        "linear_value_head_dim": 128}))
+    (snapshot / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": 80_000_000_000}, "weight_map": {}}))
+    result = run_cli("fit", "qwen3-next-coder", "--gpu-memory", "128GiB", project=project_dir,
+                     env={"HF_HOME": str(tmp_path / "hf")})
+    assert result.code == 0, result.out
+    lines = result.out.splitlines()
+    assert lines[3] == "  weights      74.5 GiB  (on disk)"
+    assert lines[5] == ("  KV cache      9.5 GiB  4 sequences x 204800 tokens, 12.2 KiB/token "
+                        "(fp8)")
+    assert lines[8] == f"  architecture: {snapshot / 'config.json'}"
+
+
+@pytest.mark.parametrize("config, expected", [
+    # plain GQA: 2 x kv heads x head dim per layer
+    ({"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+      "hidden_size": 576}, (30, 384, 0, 0, 0.0)),
+    # MLA (GLM-4.7-Flash, DeepSeek): one latent of kv_lora_rank + rope dims per token
+    ({"num_hidden_layers": 47, "num_attention_heads": 20, "hidden_size": 2048,
+      "kv_lora_rank": 512, "qk_rope_head_dim": 64}, (47, 576, 0, 0, 0.0)),
+    # sliding-window layers (Step-3.5: num_attention_groups are its KV heads)
+    ({"num_hidden_layers": 4, "num_attention_heads": 64, "num_attention_groups": 8,
+      "head_dim": 128, "hidden_size": 4096, "sliding_window": 512,
+      "layer_types": ["full_attention", "sliding_attention", "sliding_attention",
+                      "sliding_attention"]}, (1, 2048, 3, 512, 0.0)),
+    # hybrid linear attention: a fixed state per sequence in 3 of 4 layers
+    ({"num_hidden_layers": 8, "full_attention_interval": 4, "num_attention_heads": 16,
+      "num_key_value_heads": 2, "head_dim": 256, "hidden_size": 2048,
+      "linear_num_value_heads": 32, "linear_key_head_dim": 128, "linear_value_head_dim": 128},
+     (2, 1024, 0, 0, 6 * 32 * 128 * 128 * 2 * 1.05)),
+])
+def test_shapes_from_config_json(config, expected):
+    shape = fit.shape_from_config_json(config, "test")
+    assert (shape.attention_layers, shape.kv_values_per_layer, shape.sliding_window_layers,
+            shape.sliding_window, shape.state_bytes_per_sequence) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("128", 128 * 2**30), ("128G", 128 * 2**30), ("128GiB", 128 * 2**30), ("120GB", 120e9),
+    ("96gib", 96 * 2**30), ("512M", 512 * 2**20), ("1.5T", 1.5 * 2**40),
+])
+def test_memory_sizes(text, expected):
+    assert fit.parse_memory(text) == expected
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gpu-memory", "lots"],
+     "error: --gpu-memory 'lots': give a size such as 128GiB, 128G or 120GB\n"),
+    (["--nodes", "0"], "error: '0': expected a whole number above 0\n"),
+    (["--max-model-len", "long"], "error: 'long': expected a token count such as 32768 or 128K\n"),
+    (["--gpu-memory-utilization", "1.5"],
+     "error: '1.5': expected a fraction above 0, at most 1 (e.g. 0.85)\n"),
+])
+def test_bad_fit_arguments(project_dir, args, message):
+    result = run_cli("fit", "glm47-flash", *args, project=project_dir)
+    assert (result.code, result.out, result.err) == (2, "", message)
+
+
+def test_a_start_that_does_not_fit_is_refused_before_docker(project_dir):
+    result = run_cli("step-3.5-flash", project=project_dir, env={"PATH": "/usr/bin:/bin"})
+    assert result.code == 1
+    assert result.err.startswith("error: step-3.5-flash does not fit this machine:\nfit "
+                                 "step-3.5-flash (stepfun-ai/Step-3.5-Flash-FP8)\n")
+    assert result.err.endswith(
+        "start anyway with --force; try other settings with ./runMe.sh fit step-3.5-flash "
+        "[--max-model-len N] [--max-num-seqs N] [--gpu-memory SIZE]\n")
+
+
+def test_force_starts_anyway(project_dir, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    result = run_cli("step-3.5-flash", "--force", project=project_dir,
+                     env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert "--force: starting anyway" in result.out
+    assert "does not fit" in result.out  # the report is still shown
+    # then the normal start path runs (and here finds no Docker)
+    assert "does not fit this machine" not in result.err
+
+
+def test_every_catalog_model_has_architecture_numbers():
+    from vllm_mms.config import available_models, load_model_file
+
+    for name in available_models(ROOT / "models"):
+        model = load_model_file(ROOT / "models" / f"{name}.yml")
+        assert model.architecture is not None, name
+        assert model.architecture.source.startswith("https://huggingface.co/"), name
