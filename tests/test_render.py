@@ -29,7 +29,7 @@ def test_rendered_config_for_glm(project_dir, tmp_path):
                                        "max_input_tokens": 131072, "max_output_tokens": 32768}
     assert config["litellm_settings"] == {
         "drop_params": True, "request_timeout": 600, "num_retries": 0,
-        "callbacks": ["vllm_mms.proxy_hooks.proxy_handler"]}
+        "callbacks": ["vllm_mms.proxy_hooks.proxy_handler", "prometheus"]}
     assert config["router_settings"] == {"num_retries": 0, "timeout": 600}
     assert config["general_settings"] == {
         "master_key": "os.environ/LITELLM_MASTER_KEY",
@@ -42,6 +42,13 @@ def test_rendered_config_for_glm(project_dir, tmp_path):
     assert models["limits"] == {"max_parallel_requests": 8, "request_timeout": 600,
                                 "num_retries": 0, "rpm": None}
     assert models["api_base"] == COMPOSE_API_BASE
+
+
+def test_proxy_metrics_can_be_turned_off(project_dir, tmp_path):
+    project = Project(project_dir)
+    resolved = resolve(project, "glm47-flash", environ={"PROXY_METRICS": "false"})
+    config = yaml.safe_load(render(project, resolved, tmp_path)["config.yaml"].read_text())
+    assert config["litellm_settings"]["callbacks"] == ["vllm_mms.proxy_hooks.proxy_handler"]
 
 
 def test_unresolved_placeholder_is_an_error(project_dir, tmp_path):

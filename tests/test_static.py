@@ -53,7 +53,12 @@ def mounts(service: dict) -> dict[str, tuple[str, str]]:
 
 
 def test_services_and_names(compose):
-    assert sorted(compose["services"]) == ["litellm", "litellm_db", "vllm-node"]
+    assert sorted(compose["services"]) == ["grafana", "litellm", "litellm_db", "prometheus",
+                                           "vllm-node"]
+    # the monitoring pair only starts with the `metrics` profile
+    assert {n: s.get("profiles") for n, s in compose["services"].items()} == {
+        "grafana": ["metrics"], "prometheus": ["metrics"], "litellm": None, "litellm_db": None,
+        "vllm-node": None}
     assert compose["services"]["vllm-node"]["container_name"] == "vllm-container"
     assert compose["services"]["litellm_db"]["image"] == "postgres:16"
 
@@ -68,6 +73,47 @@ def test_ports_bound_to_loopback_only(compose):
     assert ports(services["litellm_db"]) == []
     assert ports(services["litellm"]) == ["127.0.0.1:4000:4000/tcp"]
     assert ports(services["vllm-node"]) == ["127.0.0.1:8000:8000/tcp"]
+    assert ports(services["prometheus"]) == ["127.0.0.1:9090:9090/tcp"]
+    assert ports(services["grafana"]) == ["127.0.0.1:3000:3000/tcp"]
+
+
+def test_metrics_profile_scrapes_both_services_inside_the_network(compose):
+    prometheus = compose["services"]["prometheus"]
+    assert mounts(prometheus)["/etc/prometheus/prometheus.yml"] == (
+        str(ROOT / "monitoring" / "prometheus.yml"), "ro")
+    assert mounts(prometheus)["/etc/prometheus/litellm_master_key"] == (
+        str(ROOT / "secrets" / "LITELLM_MASTER_KEY"), "ro")
+    config = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["vllm"]["static_configs"] == [{"targets": ["vllm-node:8000"]}]
+    assert jobs["litellm"]["static_configs"] == [{"targets": ["litellm:4000"]}]
+    assert jobs["litellm"]["authorization"] == {
+        "type": "Bearer", "credentials_file": "/etc/prometheus/litellm_master_key"}
+    grafana = compose["services"]["grafana"]
+    assert mounts(grafana)["/etc/grafana/provisioning"] == (
+        str(ROOT / "monitoring" / "grafana" / "provisioning"), "ro")
+    assert mounts(grafana)["/var/lib/grafana/dashboards"] == (
+        str(ROOT / "monitoring" / "grafana" / "dashboards"), "ro")
+    provider = yaml.safe_load(
+        (ROOT / "monitoring/grafana/provisioning/dashboards/dashboards.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    sources = yaml.safe_load(
+        (ROOT / "monitoring/grafana/provisioning/datasources/datasources.yml").read_text())
+    assert [(d["uid"], d["url"]) for d in sources["datasources"]] == [
+        ("prometheus", "http://prometheus:9090"), ("usage", "litellm_db:5432")]
+
+
+def test_dashboard_has_the_panels_the_issue_names():
+    import json
+
+    dashboard = json.loads((ROOT / "monitoring/grafana/dashboards/vllm-mms.json").read_text())
+    assert [p["title"] for p in dashboard["panels"]] == [
+        "Requests per second", "Tokens per second", "Time to first token", "Queue depth",
+        "KV-cache use", "Request latency through the proxy", "Errors by key"]
+    uids = {"prometheus", "usage"}
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] in uids
 
 
 def test_engine_health_check_gpu_and_mounts(compose):

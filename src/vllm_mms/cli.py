@@ -25,9 +25,10 @@ COMMANDS = ("render", "up", "down", "entrypoint", "proxy-entrypoint", "healthche
 USAGE = """\
 usage:
   ./runMe.sh                          list the models and this help
-  MODEL=NAME ./runMe.sh [-d] [--build] [--force]
-  ./runMe.sh NAME [-d] [--build] [--force]
-                                      start NAME with docker compose (default glm47-flash)
+  MODEL=NAME ./runMe.sh [-d] [--build] [--metrics] [--force]
+  ./runMe.sh NAME [-d] [--build] [--metrics] [--force]
+                                      start NAME with docker compose (default glm47-flash);
+                                      --metrics adds Prometheus + Grafana
   ./runMe.sh --local [NAME] [-d] [--force]
                                       start NAME on this machine: CPU, no Docker
                                       (default smollm2-135m-cpu; ports: LITELLM_PORT, VLLM_PORT)
@@ -116,7 +117,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     name = args.model or os.environ.get("MODEL") or DEFAULT_COMPOSE_MODEL
     resolved = resolve(proj, name)  # fail here, in one line, before Docker is involved
     fit.preflight(resolved, args.force)
-    cmd = [*compose_command(), "-f", str(proj.root / "docker-compose.yml"), "up"]
+    cmd = [*compose_command(), "-f", str(proj.root / "docker-compose.yml"),
+           *(["--profile", "metrics"] if args.metrics else []), "up"]
     if not docker_engine_reachable():
         raise UserError("no Docker engine is reachable ('docker ps' failed): start Docker "
                         "(sudo systemctl start docker), or run without it: ./runMe.sh --local")
@@ -305,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?")
     p.add_argument("-d", "--detach", action="store_true")
     p.add_argument("--build", action="store_true")
+    p.add_argument("--metrics", action="store_true")
     p.add_argument("--force", action="store_true")
     p = sub.add_parser("local", add_help=False)
     p.add_argument("model", nargs="?")

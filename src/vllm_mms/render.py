@@ -56,6 +56,7 @@ def render_config(template_path: Path, resolved: Resolved, api_base: str) -> str
             num_retries=resolved.limits["num_retries"],
             context_length=resolved.context_length,
             max_output_tokens=max_output_tokens(resolved),
+            proxy_metrics=resolved.settings.PROXY_METRICS,
         )
     except jinja2.UndefinedError as exc:
         raise UserError(f"{template_path.name}: unresolved placeholder: {exc.message}") from None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -35,13 +34,14 @@ ENGINE_CONTAINER = "vllm-container"
 
 
 def switch(project: Project, name: str, force: bool, compose: list[str]) -> int:
+    target = resolve(project, name)  # an unknown or broken model fails here, before anything
     stack = local.read_stack()
     if stack is not None and any(local.alive(p) for p in stack.pids):
         return switch_local(project, stack, name, force)
     if compose and compose_engine_model(compose) is not None:
         return switch_compose(project, compose, name, force)
-    raise UserError(f"nothing is running to switch; start {name} with ./runMe.sh --local "
-                    f"{name} (CPU) or MODEL={name} ./runMe.sh (Docker)")
+    start = f"./runMe.sh --local {name}" if target.model.local_weights else f"MODEL={name} ./runMe.sh"
+    raise UserError(f"nothing is running to switch; start {name} with: {start}")
 
 
 # ----------------------------------------------------------------------------- local mode
@@ -66,17 +66,13 @@ def proxy_engine_key(proxy_pid: int) -> str:
 
 
 def engine_load(port: int) -> Optional[float]:
-    """Requests running + waiting in an engine, from its Prometheus metrics."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as resp:  # noqa: S310
-            text = resp.read().decode(errors="replace")
-    except OSError:
+    """Requests running + waiting in an engine (its Prometheus metrics); None if it is gone."""
+    from .ops import engine_metrics
+
+    metrics = engine_metrics(port)
+    if not metrics:
         return None
-    total = 0.0
-    for line in text.splitlines():
-        if re.match(r"vllm:num_requests_(running|waiting)\{", line):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return metrics.get("vllm:num_requests_running", 0.0) + metrics.get("vllm:num_requests_waiting", 0.0)
 
 
 def wait_engine(proc: subprocess.Popen, port: int, log: Path, deadline_s: float) -> None:

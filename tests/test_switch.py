@@ -1,0 +1,195 @@
+"""`switch` in compose mode: the exact docker commands, against a stand-in `docker` that
+records them and plays the engine container (healthy, or unhealthy for a chosen model)."""
+
+from __future__ import annotations
+
+import json
+import stat
+import sys
+from pathlib import Path
+
+from .conftest import run_cli
+
+FAKE_DOCKER = """#!{python}
+import json, os, sys
+state = {state!r}
+data = json.load(open(state))
+args = sys.argv[1:]
+data["calls"].append({{"argv": args, "MODEL": os.environ.get("MODEL")}})
+out = ""
+if args[:2] == ["compose", "version"] or args[:2] == ["ps", "-q"]:
+    pass
+elif args[0] == "inspect" and "Config.Env" in args[2]:
+    out = "PATH=/usr/bin\\nMODEL=" + data["model"] + "\\n"
+elif args[0] == "inspect":
+    out = "running " + ("unhealthy" if data["model"] == data["broken"] else "healthy") + "\\n"
+elif args[0] == "compose" and "up" in args:
+    data["model"] = os.environ["MODEL"]
+elif args[0] == "compose" and "logs" in args:
+    out = "vllm-container | ValueError: the engine could not load the model\\n"
+json.dump(data, open(state, "w"))
+sys.stdout.write(out)
+"""
+
+
+def fake_docker(tmp_path: Path, model: str, broken: str = "") -> tuple[Path, Path]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    state = tmp_path / "docker-state.json"
+    state.write_text(json.dumps({"model": model, "broken": broken, "calls": []}))
+    docker = bin_dir / "docker"
+    docker.write_text(FAKE_DOCKER.format(python=sys.executable, state=str(state)))
+    docker.chmod(docker.stat().st_mode | stat.S_IEXEC)
+    return bin_dir, state
+
+
+def calls(state: Path) -> list[tuple[list[str], str]]:
+    """The calls that change or watch the stack (probes left out)."""
+    seen = json.loads(state.read_text())["calls"]
+    return [(c["argv"], c["MODEL"]) for c in seen
+            if c["argv"][:2] not in (["compose", "version"], ["ps", "-q"])]
+
+
+def up(project: Path, model: str) -> tuple[list[str], str]:
+    return (["compose", "-f", str(project / "docker-compose.yml"), "up", "-d", "--no-deps",
+             "--no-build", "--force-recreate", "vllm-node"], model)
+
+
+ENV_FORMAT = ["inspect", "--format", "{{range .Config.Env}}{{println .}}{{end}}", "vllm-container"]
+HEALTH = ["inspect", "--format",
+          "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}", "vllm-container"]
+
+
+def run_switch(project_dir: Path, bin_dir: Path, *args: str):
+    (project_dir / "docker-compose.yml").write_text("services: {}\n")
+    return run_cli("switch", *args, project=project_dir,
+                   env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+
+
+def test_switch_recreates_only_the_engine(project_dir, tmp_path):
+    bin_dir, state = fake_docker(tmp_path, "glm47-flash")
+    result = run_switch(project_dir, bin_dir, "qwen3-next-coder")
+    assert result.code == 0, result.err
+    assert result.out.splitlines()[-1] == ("switched: glm47-flash -> qwen3-next-coder; the "
+                                           "proxy follows the new configuration")
+    assert calls(state) == [(ENV_FORMAT, None), (ENV_FORMAT, None),
+                            up(project_dir, "qwen3-next-coder"), (HEALTH, None)]
+
+
+def test_failing_new_model_rolls_back(project_dir, tmp_path):
+    bin_dir, state = fake_docker(tmp_path, "glm47-flash", broken="qwen3-next-coder")
+    result = run_switch(project_dir, bin_dir, "qwen3-next-coder")
+    assert result.code == 1
+    assert "switch to qwen3-next-coder failed: the engine container is running unhealthy; " \
+           "last engine log lines:\nvllm-container | ValueError: the engine could not load " \
+           "the model\n" in result.err
+    assert result.err.endswith("error: switch to qwen3-next-coder failed (the engine container "
+                               "is running unhealthy); rolled back: glm47-flash serves again\n")
+    compose = ["compose", "-f", str(project_dir / "docker-compose.yml")]
+    assert calls(state) == [
+        (ENV_FORMAT, None), (ENV_FORMAT, None),
+        up(project_dir, "qwen3-next-coder"), (HEALTH, None),
+        ([*compose, "logs", "--no-color", "--tail", "30", "vllm-node"], None),
+        up(project_dir, "glm47-flash"), (HEALTH, None)]
+
+
+def test_a_model_that_does_not_fit_is_refused_before_any_change(project_dir, tmp_path):
+    bin_dir, state = fake_docker(tmp_path, "glm47-flash")
+    result = run_switch(project_dir, bin_dir, "step-3.5-flash")
+    assert result.code == 1
+    assert result.err.startswith("error: step-3.5-flash does not fit this machine:")
+    assert calls(state) == [(ENV_FORMAT, None), (ENV_FORMAT, None)]  # nothing recreated
+
+
+def test_switch_to_what_already_serves(project_dir, tmp_path):
+    bin_dir, state = fake_docker(tmp_path, "glm47-flash")
+    result = run_switch(project_dir, bin_dir, "glm47-flash")
+    assert (result.code, result.out) == (0, "glm47-flash is already serving\n")
+
+
+def test_switch_with_nothing_running(project_dir, tmp_path):
+    result = run_cli("switch", "glm47-flash", project=project_dir,
+                     env={"PATH": "/usr/bin:/bin"})
+    assert (result.code, result.err) == (
+        1, "error: nothing is running to switch; start glm47-flash with: "
+           "MODEL=glm47-flash ./runMe.sh\n")
+
+
+def test_switch_to_an_unknown_model(project_dir, tmp_path):
+    bin_dir, state = fake_docker(tmp_path, "glm47-flash")
+    result = run_switch(project_dir, bin_dir, "../etc/passwd")
+    assert result.code == 2
+    assert result.err.startswith("error: invalid model name '../etc/passwd': use lower-case ")
+    assert calls(state) == []
+
+
+class _Metrics:
+    """A stand-in engine /metrics: requests running until `busy_for` polls have passed."""
+
+    def __init__(self, busy_for: int) -> None:
+        self.polls = 0
+        self.busy_for = busy_for
+
+    def serve(self):
+        import http.server
+        import threading
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                outer.polls += 1
+                running = 1 if outer.polls <= outer.busy_for else 0
+                body = (f'vllm:num_requests_running{{model_name="vllm_agent"}} {running}.0\n'
+                        f'vllm:num_requests_waiting{{model_name="vllm_agent"}} 0.0\n').encode()
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+
+def test_drain_waits_for_running_requests_to_finish():
+    from vllm_mms.switch import drain, engine_load
+
+    metrics = _Metrics(busy_for=3)
+    server = metrics.serve()
+    try:
+        port = server.server_address[1]
+        assert engine_load(port) == 1.0
+        waited = drain(port, deadline_s=30)
+        assert metrics.polls == 4  # busy twice more, then idle: stop waiting
+        assert 0.9 <= waited < 5
+    finally:
+        server.shutdown()
+
+
+def test_drain_gives_up_at_the_deadline_and_on_a_dead_engine():
+    from vllm_mms.switch import drain, engine_load
+
+    metrics = _Metrics(busy_for=10**6)
+    server = metrics.serve()
+    try:
+        assert 1.0 <= drain(server.server_address[1], deadline_s=1.0) < 3
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert engine_load(server.server_address[1]) is None
+
+
+def test_up_issues_the_exact_compose_command(project_dir, tmp_path):
+    bin_dir, state = fake_docker(tmp_path, "glm47-flash")
+    (project_dir / "docker-compose.yml").write_text("services: {}\n")
+    result = run_cli("qwen3-next-coder", "-d", "--metrics", project=project_dir,
+                     env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert result.code == 0, result.err
+    compose = str(project_dir / "docker-compose.yml")
+    assert result.out == (f"starting qwen3-next-coder with: docker compose -f {compose} "
+                          f"--profile metrics up -d\n")
+    assert calls(state) == [(["compose", "-f", compose, "--profile", "metrics", "up", "-d"],
+                             "qwen3-next-coder")]
