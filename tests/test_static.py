@@ -87,6 +87,7 @@ def test_metrics_profile_scrapes_both_services_inside_the_network(compose):
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["vllm"]["static_configs"] == [{"targets": ["vllm-node:8000"]}]
     assert jobs["litellm"]["static_configs"] == [{"targets": ["litellm:4000"]}]
+    assert jobs["litellm"]["metrics_path"] == "/metrics/"
     assert jobs["litellm"]["authorization"] == {
         "type": "Bearer", "credentials_file": "/etc/prometheus/litellm_master_key"}
     grafana = compose["services"]["grafana"]
