@@ -72,3 +72,19 @@ def test_compose_mode_checks_services_config_and_network(project_dir, tmp_path):
     assert f"compose -f {compose_file} ps --format json" in calls
     assert ("exec litellm-container python3 -c import urllib.request; urllib.request.urlopen("
             "'http://vllm-node:8000/health', timeout=5)") in calls
+
+
+def test_memory_fit_of_the_model_that_starts_next(project_dir, tmp_path):
+    env = {"MMS_STATE_DIR": str(tmp_path / "state"), "PATH": NO_DOCKER_PATH,
+           "MMS_DATABASE_URL": f"sqlite:///{tmp_path / 'u.db'}"}
+    result = run_cli("doctor", project=project_dir, env={**env, "MODEL": "step-3.5-flash"})
+    lines = result.out.splitlines()
+    index = next(i for i, line in enumerate(lines) if "memory fit" in line)
+    assert lines[index] == (
+        "fail  memory fit: step-3.5-flash: does not fit: the command asks for 2 GPUs (tensor x "
+        "pipeline parallel), the machine has 1; the weights alone (186.3 GiB) exceed the budget "
+        "(115.2 GiB)")
+    assert lines[index + 1] == ("      fix: ./runMe.sh fit step-3.5-flash shows the numbers and "
+                                "the changes that would fit")
+    result = run_cli("doctor", project=project_dir, env={**env, "MODEL": "qwen3-next-coder"})
+    assert "ok    memory fit: qwen3-next-coder: fits (" in result.out

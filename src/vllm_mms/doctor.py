@@ -155,6 +155,32 @@ def check_disk(project: Project) -> Check:
     return Check("ok", "disk", f"{free_gb:.0f} GB free for {probe} ({model}: ~{need:.0f} GB)")
 
 
+def check_fit(project: Project, local_mode: bool) -> Check:
+    """Would the model that starts next fit? (Not run against a stack already serving it.)"""
+    from . import fit
+    from .resolve import resolve
+
+    if local_mode and read_stack() is not None:
+        return Check("ok", "memory fit", "a local stack is running (./runMe.sh fit NAME checks another)")
+    name = os.environ.get("MODEL") or ("smollm2-135m-cpu" if local_mode else "glm47-flash")
+    try:
+        resolved = resolve(project, name)
+        weights = None
+        if resolved.model.local_weights:
+            from .prepare_model import weights_dir
+
+            weights = weights_dir()
+        verdict = fit.check(resolved, weights=weights)
+    except UserError as exc:
+        return Check("warn", "memory fit", f"{name}: not checked ({exc.message.splitlines()[0]})")
+    summary = verdict.lines[-1] if verdict.fits else next(
+        line for line in verdict.lines if line.startswith("verdict:"))
+    if verdict.fits:
+        return Check("ok", "memory fit", f"{name}: {summary.removeprefix('verdict: ')}")
+    return Check("fail", "memory fit", f"{name}: {summary.removeprefix('verdict: ')}",
+                 f"./runMe.sh fit {name} shows the numbers and the changes that would fit")
+
+
 def _weights_gb(project: Project, name: str) -> Optional[float]:
     try:
         return config.load_model_file(project.models_dir / f"{name}.yml").weights_gb
@@ -221,6 +247,7 @@ def run_doctor(project: Project, local_mode: Optional[bool] = None,
     steps: list[Callable[[], object]] = [
         check_python, lambda: check_settings(project), lambda: check_model_files(project),
         lambda: check_docker(local_mode), lambda: check_disk(project),
+        lambda: check_fit(project, local_mode),
     ]
     if local_mode:
         steps += [check_local_stack, check_database]
