@@ -139,6 +139,7 @@ def test_memory_sizes(text, expected):
 @pytest.mark.parametrize("args, message", [
     (["--gpu-memory", "lots"],
      "error: --gpu-memory 'lots': give a size such as 128GiB, 128G or 120GB\n"),
+    (["--gpu-memory", "0GiB"], "error: --gpu-memory '0GiB': must be more than 0\n"),
     (["--nodes", "0"], "error: '0': expected a whole number above 0\n"),
     (["--max-model-len", "long"], "error: 'long': expected a token count such as 32768 or 128K\n"),
     (["--gpu-memory-utilization", "1.5"],

@@ -188,6 +188,8 @@ def parse_memory(value: str) -> float:
     if not match:
         raise UserError(f"--gpu-memory {value!r}: give a size such as 128GiB, 128G or 120GB", 2)
     number, unit, binary, byte = match.groups()
+    if float(number) <= 0:
+        raise UserError(f"--gpu-memory {value!r}: must be more than 0", 2)
     unit = (unit or "G").upper()
     power = "KMGT".index(unit) + 1
     decimal = bool(byte) and not binary
@@ -240,10 +242,15 @@ def machine_memory(resolved: Resolved, given: Optional[float], nodes: int) -> Me
         return Memory(f"CPU: {total / GiB:.1f} GiB RAM in {numa_nodes()} NUMA node(s) (detected)",
                       total / numa_nodes(), 1, True, cpu=True,
                       available=float(info.get("MemAvailable", total)))
+    detected = detect_gpus()
     if given is not None:
-        mem = Memory(f"{given / GiB:.1f} GiB per GPU (given), unified with the CPU", given, 1, True)
+        # A given size keeps the detected kind of GPU; with none detected, a Spark-like box.
+        unified = detected.unified if detected else True
+        mem = Memory(f"{given / GiB:.1f} GiB per GPU (given)"
+                     + (", unified with the CPU" if unified else ""),
+                     given, detected.devices if detected else 1, unified)
     else:
-        mem = detect_gpus() or Memory(REFERENCE_GPU[0], REFERENCE_GPU[1], 1, REFERENCE_GPU[2])
+        mem = detected or Memory(REFERENCE_GPU[0], REFERENCE_GPU[1], 1, REFERENCE_GPU[2])
     if nodes > 1:
         mem.devices *= nodes
         mem.nodes = nodes

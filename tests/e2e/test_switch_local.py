@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -79,8 +81,27 @@ def test_switch_rolls_back_on_failure_then_moves_the_proxy(stack):
     assert chat(stack, "smollm2-135m-cpu").status_code == 200
 
     try:
-        moved = switch(stack, "smollm2-switch")
+        # Clients keep calling the stable id while the model changes under it: none may fail.
+        statuses: list[int] = []
+        done = threading.Event()
+
+        def keep_calling() -> None:
+            while not done.is_set():
+                statuses.append(chat(stack, "vllm_agent").status_code)
+                time.sleep(0.2)
+
+        caller = threading.Thread(target=keep_calling)
+        caller.start()
+        started = time.monotonic()
+        try:
+            moved = switch(stack, "smollm2-switch")
+        finally:
+            done.set()
+            caller.join()
+        print(f"\n[e2e] switch took {time.monotonic() - started:.1f}s; {len(statuses)} requests "
+              f"during it, statuses {sorted(set(statuses))}")
         assert moved.returncode == 0, moved.stdout + moved.stderr
+        assert len(statuses) >= 5 and set(statuses) == {200}, statuses
         assert re.fullmatch(
             rf"switched: smollm2-135m-cpu -> smollm2-switch; the proxy on port "
             rf"{before['proxy_port']} serves smollm2-switch, vllm_agent \(old engine drained in "
