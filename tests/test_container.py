@@ -86,18 +86,18 @@ def test_recreated_engine_keeps_the_key_the_running_proxy_holds(project_dir, tmp
     assert "model_name: \"glm47-flash\"" in (generated / "config.yaml").read_text()
 
 
-def test_proxy_entrypoint_execs_litellm_with_keys_in_its_environment(project_dir, tmp_path):
+def test_proxy_entrypoint_execs_the_gated_proxy_with_keys_in_its_environment(project_dir, tmp_path):
     (project_dir / "secrets" / "LITELLM_MASTER_KEY").write_text("sk-master-canary\n")
     stand_in(tmp_path / "bin", "vllm", tmp_path / "engine.json")
     run_entrypoint("entrypoint", project_dir, tmp_path)
     record = tmp_path / "proxy.json"
-    stand_in(tmp_path / "bin", "litellm", record)
+    stand_in(tmp_path / "bin", "python3", record)  # the gate in front of LiteLLM: python3 -m
     proc, out, err = run_entrypoint("proxy-entrypoint", project_dir, tmp_path)
     assert proc.returncode == 0, err
     seen = json.loads(record.read_text())
     generated = tmp_path / "generated"
     assert seen["pid"] == proc.pid
-    assert seen["argv"][1:] == ["--config", str(generated / "config.yaml"), "--host", "0.0.0.0",
+    assert seen["argv"][1:] == ["-m", "vllm_mms.gateway", "--config", str(generated / "config.yaml"), "--host", "0.0.0.0",
                                 "--port", "4000"]
     assert seen["master_key"] == "sk-master-canary"
     assert seen["engine_key"] == (generated / ".engine_api_key").read_text()

@@ -62,7 +62,8 @@ def proxy_entrypoint(project: Project) -> None:
                                  GENERATED_DIR / MODELS_FILE))
     env["USAGE_RETENTION_DAYS"] = str(resolved.settings.USAGE_RETENTION_DAYS)
     migrate_store()
-    argv = ["litellm", "--config", str(config_path), "--host", "0.0.0.0", "--port", port]
+    argv = ["python3", "-m", "vllm_mms.gateway", "--config", str(config_path), "--host", "0.0.0.0",
+            "--port", port]
     print(f"[proxy] exec {json.dumps(argv)}", flush=True)
     os.execvpe(argv[0], argv, env)
 

@@ -256,12 +256,12 @@ def spawn(label: str, argv: list[str], env: dict[str, str], logs: Path) -> subpr
 
 def proxy_process(resolved: Resolved, generated: Path, engine_key: str, logs: Path,
                   port: int, extra_env: Optional[dict[str, str]] = None) -> subprocess.Popen:
-    """LiteLLM from this (tools) environment, with our hooks importable."""
+    """LiteLLM from this (tools) environment behind our route gate, hooks importable."""
     env = {**os.environ, **proxy_environment(resolved.settings.LITELLM_MASTER_KEY, engine_key,
                                              generated / MODELS_FILE), **(extra_env or {})}
     env["PYTHONPATH"] = str(paths.ROOT / "src")
     env.setdefault("USAGE_RETENTION_DAYS", str(resolved.settings.USAGE_RETENTION_DAYS))
-    argv = [str(Path(sys.executable).parent / "litellm"), "--config", str(generated / CONFIG_FILE),
+    argv = [sys.executable, "-m", "vllm_mms.gateway", "--config", str(generated / CONFIG_FILE),
             "--host", "127.0.0.1", "--port", str(port)]
     return spawn("proxy", argv, env, logs)
 

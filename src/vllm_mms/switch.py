@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -119,6 +120,10 @@ def drain(port: int, deadline_s: float) -> float:
     return time.monotonic() - start
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def switch_local(project: Project, stack: local.Stack, name: str, force: bool) -> int:
     if stack.model == name:
         print(f"{name} is already serving")
@@ -140,23 +145,28 @@ def switch_local(project: Project, stack: local.Stack, name: str, force: bool) -
     with open(logs / "engine.log", "a") as handle:
         handle.write(f"=== switch: starting {name} on port {port} ===\n")
     print(f"switch: starting {name} beside {stack.model} (engine port {port}) ...", flush=True)
+    # Until the proxy has moved, an interrupt (Ctrl-C, or SIGTERM from a supervisor) must not
+    # leave the new engine running on its own.
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     proc = local.engine_process(new, engine_python, weights, key, logs, port)
+    generated = logs.parent / "generated_configs"
+    rendered = False
     try:
         wait_engine(proc, port, logs / "engine.log",
                     float(os.environ.get("MMS_START_TIMEOUT", "600")))
+        render(project, new, generated, api_base=f"http://127.0.0.1:{port}/v1")
+        rendered = True
+        if not proxy_serves(stack, new.settings.LITELLM_MASTER_KEY, new.model_names, 30):
+            raise UserError("the proxy did not pick up the new configuration within 30s")
     except (UserError, KeyboardInterrupt) as exc:
+        if rendered:
+            render(project, old, generated, api_base=f"http://127.0.0.1:{stack.engine_port}/v1")
         local.terminate([proc.pid])
         why = exc.message if isinstance(exc, UserError) else "interrupted"
         raise UserError(f"switch to {name} failed, {stack.model} keeps serving (rolled back): "
                         f"{why}") from None
-
-    generated = logs.parent / "generated_configs"
-    render(project, new, generated, api_base=f"http://127.0.0.1:{port}/v1")
-    if not proxy_serves(stack, new.settings.LITELLM_MASTER_KEY, new.model_names, 30):
-        render(project, old, generated, api_base=f"http://127.0.0.1:{stack.engine_port}/v1")
-        local.terminate([proc.pid])
-        raise UserError(f"switch to {name} failed: the proxy did not pick up the new "
-                        f"configuration within 30s; {stack.model} keeps serving (rolled back)")
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
 
     old_pid, old_port = stack.engine_pid, stack.engine_port
     stack.model, stack.engine_pid, stack.engine_port = name, proc.pid, port

@@ -22,6 +22,10 @@ from ..conftest import REAL_CACHE, ROOT, SETTING_NAMES
 from .upstream import RecordingUpstream
 
 MASTER_KEY = "sk-e2e-master-key-7f3a"
+# Secrets the stacks carry: none of them may show up in logs, generated files, the usage
+# table or a command line (test_secret_canaries.py).
+ENGINE_KEY_CANARY = "sk-canary-engine-5d1e9b"
+HF_TOKEN_CANARY = "hf_canaryToken4c7a2f"
 
 
 def pytest_collection_modifyitems(items):
@@ -77,6 +81,8 @@ def start_stack(base: Path, model: str = "smollm2-135m-cpu",
     for name, text in (extra_models or {}).items():
         (project / "models" / f"{name}.yml").write_text(text)
     (project / "secrets" / "LITELLM_MASTER_KEY").write_text(MASTER_KEY + "\n")
+    (project / "secrets" / "VLLM_API_KEY").write_text(ENGINE_KEY_CANARY + "\n")
+    (project / "secrets" / "HF_TOKEN").write_text(HF_TOKEN_CANARY + "\n")
     proxy_port, engine_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
     env.update({"HOME": str(base / "home"), "MMS_CACHE_DIR": str(REAL_CACHE),

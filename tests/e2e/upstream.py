@@ -21,6 +21,7 @@ class RecordingUpstream:
         self.in_flight = 0
         self.model_id = "vllm_agent"
         self.model_entries: list[dict[str, Any]] = []
+        self.down = False  # True: drop every connection without an answer (a crashed engine)
         self._lock = threading.Lock()
         upstream = self
 
@@ -49,6 +50,9 @@ class RecordingUpstream:
                     self._send(200, {})
 
             def do_POST(self) -> None:  # noqa: N802
+                if upstream.down:
+                    self.close_connection = True
+                    return
                 length = int(self.headers.get("Content-Length", "0"))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with upstream._lock:

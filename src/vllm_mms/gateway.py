@@ -1,0 +1,102 @@
+"""The proxy process: LiteLLM's app behind a default-deny route gate, served by uvicorn.
+
+LiteLLM exposes about a thousand routes; dozens answer without any key (its UI config,
+public model hub, OAuth discovery, event logging) and many more answer any valid key (router
+settings, callbacks, debug tasks). This gate lets through only:
+- liveness/readiness, to anyone (health checks);
+- the model APIs (OpenAI, Anthropic, Responses), where LiteLLM then checks the key through
+  our custom_auth;
+- everything else only with the master key: no key → 401, another key → 403.
+
+Run as `python -m vllm_mms.gateway --config CONFIG --host H --port P` (what LiteLLM's own CLI
+does for one worker: the config path in CONFIG_FILE_PATH, then uvicorn on its app).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import re
+from typing import Any, Awaitable, Callable
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+OPEN_ROUTES = re.compile(r"^/health/(liveliness|liveness|readiness)$")
+MODEL_API_ROUTES = re.compile(
+    r"^/(v1/)?(chat/completions|completions|embeddings|models(/[^/:]+)?|"
+    r"messages|messages/count_tokens|responses(/.*)?)$")
+KEY_HEADERS = (b"authorization", b"x-api-key", b"api-key", b"x-litellm-api-key")
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+
+
+def presented_keys(scope: Scope) -> list[str]:
+    keys = []
+    for name, value in scope.get("headers", []):
+        if name.lower() in KEY_HEADERS:
+            text = value.decode("latin-1").strip()
+            if text.lower() == "bearer" or text.lower().startswith("bearer "):
+                text = text[6:].strip()
+            if text:
+                keys.append(text)
+    return keys
+
+
+class RouteGate:
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)  # lifespan (start-up) and websockets
+            return
+        path = scope.get("path", "")
+        if OPEN_ROUTES.match(path) or MODEL_API_ROUTES.match(path):
+            await self.app(scope, receive, send)
+            return
+        keys = presented_keys(scope)
+        master = os.environ.get("LITELLM_MASTER_KEY", "")
+        if master and any(hmac.compare_digest(_digest(k), _digest(master)) for k in keys):
+            await self.app(scope, receive, send)
+            return
+        status, message = ((403, "this route needs the master key") if keys else
+                           (401, "Authentication Error: no API key given"))
+        body = json.dumps({"error": {"message": message, "type": "auth_error",
+                                     "code": str(status)}}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def build_app() -> RouteGate:
+    from litellm.proxy.proxy_server import app as litellm_app
+
+    return RouteGate(litellm_app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m vllm_mms.gateway")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=4000)
+    args = parser.parse_args(argv)
+    os.environ["CONFIG_FILE_PATH"] = args.config
+    # No interactive API docs: they describe the admin surface to anyone who asks.
+    for name in ("NO_DOCS", "NO_REDOC", "NO_OPENAPI"):
+        os.environ.setdefault(name, "True")
+    import uvicorn
+
+    uvicorn.run("vllm_mms.gateway:build_app", factory=True, host=args.host, port=args.port,
+                server_header=False, log_level=os.environ.get("MMS_PROXY_LOG_LEVEL", "info"))
+
+
+if __name__ == "__main__":
+    main()
