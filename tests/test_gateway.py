@@ -62,3 +62,49 @@ def test_everything_else_needs_the_master_key(path, monkeypatch):
 def test_no_master_key_configured_lets_nothing_through(monkeypatch):
     assert call("/routes", {"Authorization": "Bearer "}, monkeypatch, master="")[0] == 401
     assert call("/routes", {"x-api-key": "anything"}, monkeypatch, master="")[0] == 403
+
+
+async def _post(body: bytes, monkeypatch) -> tuple[int, bytes, list[bytes]]:
+    monkeypatch.setenv("LITELLM_MASTER_KEY", "sk-master")
+    seen: list[bytes] = []
+
+    async def inner(scope, receive, send):
+        seen.append((await receive())["body"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    chunks = [body[:3], body[3:]]
+
+    async def receive():
+        chunk = chunks.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "path": "/v1/chat/completions", "method": "POST", "headers": []}
+    await RouteGate(inner)(scope, receive, send)
+    return sent[0]["status"], sent[1]["body"], seen
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b'{"model": "m", "messages": []}', 200, None),
+    (b'  {"model": "m", "note": "api_base in a value is fine"}', 200, None),
+    (b'[1, 2]', 400, "the request body must be a JSON object"),
+    (b'"text"', 400, "the request body must be a JSON object"),
+    (b'{"model": "m", "api_base": "http://169.254.169.254/"}', 400,
+     "api_base cannot be set by a client: the proxy decides where requests go and with which "
+     "credentials"),
+    (b'{"base_url": "http://x", "api_key": "k"}', 400,
+     "api_key, base_url cannot be set by a client: the proxy decides where requests go and "
+     "with which credentials"),
+])
+def test_model_api_bodies_are_checked_and_replayed_whole(body, status, message, monkeypatch):
+    code, answer, seen = asyncio.run(_post(body, monkeypatch))
+    assert code == status
+    if message is None:
+        assert seen == [body]  # LiteLLM gets the whole body, in one piece
+    else:
+        assert seen == [] and json.loads(answer)["error"]["message"] == message

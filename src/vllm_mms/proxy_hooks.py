@@ -330,9 +330,25 @@ def _store_factory() -> Store:
 USAGE = UsageQueue.from_environment(_store_factory)
 
 
+def _bad_request(message: str, param: str) -> ProxyException:
+    return ProxyException(message=message, type=ProxyErrorTypes.bad_request_error, param=param,
+                          code=400)
+
+
+def validate(data: dict[str, Any], call: str) -> None:
+    """What LiteLLM or our clamping would otherwise turn into a 500 or silently change."""
+    for field in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        value = data.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise _bad_request(f"{field} must be a whole number of at least 1, not {value!r}", field)
+    if call in ("aresponses", "responses") and not isinstance(data.get("input"), (str, list)):
+        raise _bad_request("input must be a string or a list of input items", "input")
+
+
 class ProxyHandler(CustomLogger):
     async def async_pre_call_hook(self, user_api_key_dict: UserAPIKeyAuth, cache: Any,
                                   data: dict, call_type: Any) -> dict:
+        validate(data, str(getattr(call_type, "value", call_type)))
         allowed = user_api_key_dict.models or []
         if allowed and data.get("model") not in allowed:
             raise ProxyException(

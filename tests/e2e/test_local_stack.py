@@ -175,10 +175,13 @@ def test_status_reports_health_queue_and_recent_requests(stack, oai):
 
 
 def test_logs_show_the_service_log(stack):
+    marker = httpx.get(f"{stack.base_url}/v1/models?logs-test=1",
+                       headers={"Authorization": f"Bearer {stack.key}"})
+    assert marker.status_code == 200
     proc = subprocess.run([str(ROOT / "runMe.sh"), "logs", "proxy"], env=stack.env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
-    assert "Uvicorn running on http://127.0.0.1:" in proc.stdout
+    assert '"GET /v1/models?logs-test=1 HTTP/1.1" 200' in proc.stdout
     assert stack.key not in proc.stdout
 
 
