@@ -373,7 +373,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(install_clients())
             return 0
         if argv[0] == "bench":
-            script = str(paths.ROOT / "bench" / "throughput.py")
+            script = str(paths.ROOT / "bench" / "proxy_bench.py")
             os.execv(sys.executable, [sys.executable, script, *argv[1:]])
         parser = build_parser()
         try:
