@@ -155,7 +155,7 @@ class Side:
 
 def measure(direct: Path_, proxied: Path_, concurrency: int, count: int, rounds: int) -> dict:
     sides = {"direct": Side(), "proxied": Side()}
-    for name, path in (("direct", direct), ("proxied", proxied)):  # warm-up, not counted
+    for path in (direct, proxied):  # warm-up, not counted
         batch(path, min(concurrency, 4), min(count, 4), False)
     for _ in range(rounds):
         for name, path in (("direct", direct), ("proxied", proxied)):

@@ -20,7 +20,7 @@ DEFAULT_COMPOSE_MODEL = "glm47-flash"
 DEFAULT_LOCAL_MODEL = "smollm2-135m-cpu"
 COMMANDS = ("render", "up", "down", "entrypoint", "proxy-entrypoint", "healthcheck",
             "schema", "docs", "test", "bench", "launch", "install-clients", "keys", "usage",
-            "status", "logs", "doctor", "fit", "switch", "help", "list")
+            "status", "logs", "doctor", "fit", "switch", "supervise", "help", "list")
 
 USAGE = """\
 usage:
@@ -372,6 +372,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             print(install_clients())
             return 0
+        if argv[0] == "supervise":  # started by `--local -d`, not by users
+            from . import local
+
+            stack = local.read_stack()
+            return local.supervise(stack, foreground=False) if stack else 1
         if argv[0] == "bench":
             script = str(paths.ROOT / "bench" / "proxy_bench.py")
             os.execv(sys.executable, [sys.executable, script, *argv[1:]])

@@ -39,6 +39,7 @@ class Stack:
     proxy_port: int
     log_dir: str
     started: float
+    supervisor_pid: int = 0   # detached mode: the process that restarts what dies
 
     @property
     def pids(self) -> list[int]:
@@ -135,6 +136,8 @@ def stop_local(quiet: bool = True) -> bool:
     stack = read_stack()
     if stack is None:
         return False
+    if stack.supervisor_pid and alive(stack.supervisor_pid):
+        terminate([stack.supervisor_pid], grace=5)  # first, or it would restart what we stop
     running = [p for p in stack.pids if alive(p)]
     if running:
         if not quiet:
@@ -240,9 +243,19 @@ def start_local(project: Project, name: str, detach: bool, force: bool = False) 
         raise
     print_ready(resolved, stack)
     if detach:
-        print("running in the background; stop with: ./runMe.sh down")
+        start_supervisor(stack)
+        print("running in the background (a supervisor restarts what dies); stop with: "
+              "./runMe.sh down")
         return 0
     return supervise(stack, procs)
+
+
+def start_supervisor(stack: Stack) -> None:
+    env = {**os.environ, "PYTHONPATH": str(paths.ROOT / "src")}
+    proc = spawn("supervisor", [sys.executable, "-m", "vllm_mms", "supervise"], env,
+                 Path(stack.log_dir))
+    stack.supervisor_pid = proc.pid
+    stack_file().write_text(json.dumps(asdict(stack)) + "\n")
 
 
 def spawn(label: str, argv: list[str], env: dict[str, str], logs: Path) -> subprocess.Popen:
@@ -309,31 +322,93 @@ def print_ready(resolved: Resolved, stack: Stack) -> None:
           f"\"content\": \"What is the capital of France?\"}}]}}'", flush=True)
 
 
-def supervise(stack: Stack, procs: dict[str, subprocess.Popen]) -> int:
-    """Foreground: Ctrl-C (or SIGTERM) stops both; if one dies, say so and stop the other."""
-    stopping = {"signal": None}
+RESTART_LIMIT = 5            # restarts of one service ...
+RESTART_WINDOW_S = 600.0     # ... within this window, then the supervisor gives up
+
+
+def _process_env(pid: int, name: str) -> Optional[str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    for item in raw.split(b"\0"):
+        if item.startswith(name.encode() + b"="):
+            return item.split(b"=", 1)[1].decode()
+    return None
+
+
+def restart(stack: Stack, name: str, project: Project) -> Stack:
+    """Start the dead service again on its port, with the key its partner holds."""
+    resolved = resolve(project, stack.model)
+    logs = Path(stack.log_dir)
+    dead, partner = ((stack.engine_pid, stack.proxy_pid) if name == "engine"
+                     else (stack.proxy_pid, stack.engine_pid))
+    _signal_group(dead, signal.SIGKILL)  # its workers (vLLM's engine core) must not linger
+    _reap()
+    key = _process_env(partner, "VLLM_API_KEY") or engine.internal_api_key(resolved)
+    with open(logs / f"{name}.log", "a") as handle:
+        handle.write(f"=== supervisor: the {name} exited; restarting it ===\n")
+    if name == "engine":
+        from .prepare_model import weights_dir
+
+        weights = weights_dir() if resolved.model.local_weights else None
+        proc = engine_process(resolved, bootstrap.ensure_env("engine"), weights, key, logs,
+                              stack.engine_port)
+        stack.engine_pid = proc.pid
+    else:
+        proc = proxy_process(resolved, logs.parent / "generated_configs", key, logs,
+                             stack.proxy_port)
+        stack.proxy_pid = proc.pid
+    stack_file().write_text(json.dumps(asdict(stack)) + "\n")
+    return stack
+
+
+def supervise(stack: Stack, procs: Optional[dict[str, subprocess.Popen]] = None,
+              project: Optional[Project] = None, foreground: bool = True) -> int:
+    """Restart a service that dies (up to RESTART_LIMIT times in RESTART_WINDOW_S); Ctrl-C or
+    SIGTERM stops everything (foreground) or just the supervisor (detached: `down` does it)."""
+    stopping: dict[str, Optional[int]] = {"signal": None}
 
     def on_signal(signum: int, _frame: object) -> None:
         stopping["signal"] = signum
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    print("serving in the foreground; Ctrl-C stops everything", flush=True)
+    if project is None:
+        project = Project(Path(os.environ.get("MMS_PROJECT_DIR") or paths.ROOT))
+    if foreground:
+        print("serving in the foreground (a service that dies is restarted); Ctrl-C stops "
+              "everything", flush=True)
+    restarts: dict[str, list[float]] = {"engine": [], "proxy": []}
     code = 0
     while stopping["signal"] is None:
-        # `switch` replaces the engine and records it in the stack file: follow that.
-        stack = read_stack() or stack
+        # `switch` and restarts replace processes and record them in the stack file: follow it.
+        current = read_stack()
+        if current is None:  # `down` ran
+            return 0
+        stack = current
         _reap()
-        dead = [n for n, pid in (("engine", stack.engine_pid), ("proxy", stack.proxy_pid))
-                if not alive(pid)]
-        if dead:
-            name = dead[0]
-            print(f"the {name} exited; stopping the stack. "
-                  f"Last lines of its log:\n{tail(Path(stack.log_dir) / (name + '.log'))}",
-                  file=sys.stderr)
-            code = 1
-            break
+        for name, pid in (("engine", stack.engine_pid), ("proxy", stack.proxy_pid)):
+            if alive(pid):
+                continue
+            now = time.monotonic()
+            restarts[name] = [t for t in restarts[name] if now - t < RESTART_WINDOW_S] + [now]
+            if len(restarts[name]) > RESTART_LIMIT:
+                print(f"the {name} died {RESTART_LIMIT + 1} times in {RESTART_WINDOW_S:.0f}s; "
+                      f"stopping the stack. Last lines of its log:\n"
+                      f"{tail(Path(stack.log_dir) / (name + '.log'))}", file=sys.stderr, flush=True)
+                code = 1
+                stopping["signal"] = -1
+                break
+            print(f"the {name} (pid {pid}) exited; restarting it", file=sys.stderr, flush=True)
+            try:
+                stack = restart(stack, name, project)
+            except Exception as exc:  # noqa: BLE001 - say why, try again next round
+                print(f"restarting the {name} failed: {type(exc).__name__}: {exc}",
+                      file=sys.stderr, flush=True)
         time.sleep(0.5)
+    if not foreground and stopping["signal"] != -1:
+        return 0  # detached: `down` stops the services itself
     print("stopping ...", file=sys.stderr, flush=True)
     terminate(stack.pids)
     stack_file().unlink(missing_ok=True)

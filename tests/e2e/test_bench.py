@@ -22,7 +22,7 @@ def test_bench_smoke_measures_every_metric_side_by_side():
     rows = [re.split(r"\s*\|\s*", line.strip("| ")) for line in lines[3:]]
     assert [(r[0], r[1], r[2]) for r in rows] == [
         ("stub", c, m) for c in ("1", "8") for m in METRICS]
-    for target, concurrency, metric, direct, proxied, ratio, *_ in rows:
+    for _target, concurrency, metric, direct, proxied, ratio, *_ in rows:
         assert "nan" not in (direct, proxied, ratio), (concurrency, metric)
         assert float(direct) >= 0 and float(proxied) >= 0, (concurrency, metric)
         if metric == "chunks/stream":

@@ -30,7 +30,8 @@ def test_foreground_start_prints_endpoints_and_ctrl_c_stops_everything(tmp_path)
             lines.append(line.rstrip("\n"))
             if line.startswith("serving in the foreground") or time.monotonic() > deadline:
                 break
-        assert lines[-1] == "serving in the foreground; Ctrl-C stops everything", "\n".join(lines)
+        assert lines[-1] == ("serving in the foreground (a service that dies is restarted); "
+                             "Ctrl-C stops everything"), "\n".join(lines)
         assert lines[0] == ("ready: smollm2-135m-cpu (model ids: smollm2-135m-cpu, vllm_agent, "
                             "smollm2)")
         assert lines[1] == (f"  proxy (OpenAI + Anthropic API): http://127.0.0.1:{proxy_port}/v1"
