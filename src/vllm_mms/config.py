@@ -177,7 +177,7 @@ class Settings(Strict):
     USAGE_RETENTION_DAYS: Annotated[float, Field(gt=0)] = Field(
         90, description="Usage rows older than this are deleted by the proxy, once a day.")
     PROXY_METRICS: bool = Field(
-        True, description="The proxy's Prometheus metrics at /metrics (needs the proxy key; "
+        True, description="The proxy's Prometheus metrics at /metrics (needs the master key; "
                           "requests, tokens, latency, time to first token, errors by key).")
     LITELLM_PORT: Annotated[int, Field(gt=0, lt=65536)] = Field(
         4000, description="Proxy port on 127.0.0.1.")

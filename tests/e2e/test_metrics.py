@@ -25,9 +25,9 @@ def test_metrics_of_proxy_and_engine_feed_the_dashboard(stack):
                             "messages": [{"role": "user", "content": "Hi"}]})
     assert chat.status_code == 200
 
-    for path in ("/metrics", "/metrics/"):  # the proxy key is needed
+    for path in ("/metrics", "/metrics/"):  # the master key is needed
         assert scrape(f"{stack.base_url}{path}").status_code == 401
-        assert scrape(f"{stack.base_url}{path}", "sk-wrong").status_code == 401
+        assert scrape(f"{stack.base_url}{path}", "sk-wrong").status_code == 403
     proxy = scrape(f"{stack.base_url}/metrics/", stack.key)  # the path Prometheus scrapes
     assert proxy.status_code == 200
     engine = scrape(f"{stack.engine_url}/metrics")
