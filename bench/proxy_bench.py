@@ -192,7 +192,10 @@ def stub_target(work: Path) -> tuple[Path_, Path_, list]:
     (project / "secrets").mkdir()
     (project / "models" / "stub.yml").write_text(STUB_MODEL)
     key = "sk-bench-" + secrets.token_hex(12)
-    resolved = resolve(Project(project), "stub", environ={"LITELLM_MASTER_KEY": key})
+    # PROXY_METRICS=false in the environment measures the proxy without its Prometheus callback.
+    environ = {"LITELLM_MASTER_KEY": key, **{k: v for k, v in os.environ.items()
+                                             if k == "PROXY_METRICS"}}
+    resolved = resolve(Project(project), "stub", environ=environ)
     render(Project(project), resolved, work / "stub-generated",
            api_base=f"http://127.0.0.1:{port}/v1")
     proxy_port = free_port()
