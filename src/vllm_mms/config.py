@@ -182,7 +182,7 @@ class Settings(Strict):
     LITELLM_PORT: Annotated[int, Field(gt=0, lt=65536)] = Field(
         4000, description="Proxy port on 127.0.0.1.")
     VLLM_PORT: Annotated[int, Field(gt=0, lt=65536)] = Field(
-        8000, description="Engine port on 127.0.0.1 (local mode; compose publishes it to 127.0.0.1).")
+        8000, description="Engine port on 127.0.0.1 in local mode (compose does not publish it).")
 
     @classmethod
     def keys(cls) -> set[str]:

@@ -125,3 +125,31 @@ def test_key_store_is_untouched_by_the_matrix(matrix_proxy):
             await store.close()
 
     assert asyncio.run(names()) == ["matrix-revoked", "matrix-valid"]
+
+
+def outside_address() -> str | None:
+    """This machine's address on its network (not loopback), if it has one."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))  # no packet is sent
+            address = probe.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_engine_and_proxy_listen_on_loopback_only(stack):
+    import socket
+
+    address = outside_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address to try from")
+    for url in (stack.engine_url, stack.base_url):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.socket() as sock:
+            sock.settimeout(3)
+            assert sock.connect_ex((address, port)) != 0, f"{address}:{port} answers"
+        with socket.socket() as sock:  # and the same port does answer on loopback
+            assert sock.connect_ex(("127.0.0.1", port)) == 0
