@@ -97,6 +97,10 @@ async def _post(body: bytes, monkeypatch) -> tuple[int, bytes, list[bytes]]:
     (b'{"model": "m", "api_base": "http://169.254.169.254/"}', 400,
      "api_base cannot be set by a client: the proxy decides where requests go and with which "
      "credentials"),
+    (b'{"model": "m", "api\\u005fbase": "http://169.254.169.254/"}', 400,
+     "api_base cannot be set by a client: the proxy decides where requests go and with which "
+     "credentials"),
+    (b'{"model": "m", "note": "caf\\u00e9"}', 200, None),
     (b'{"base_url": "http://x", "api_key": "k"}', 400,
      "api_key, base_url cannot be set by a client: the proxy decides where requests go and "
      "with which credentials"),

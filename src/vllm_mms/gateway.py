@@ -132,7 +132,9 @@ def body_problem(body: bytes) -> str:
         return ""  # LiteLLM answers an empty body itself (400)
     if stripped[:1] != b"{":
         return "the request body must be a JSON object"
-    if not any(b'"' + field.encode() + b'"' in body for field in CLIENT_FORBIDDEN):
+    # An escaped key ("api\u005fbase") would slip past the substring scan: parse then too.
+    if b"\\u" not in body and not any(b'"' + field.encode() + b'"' in body
+                                      for field in CLIENT_FORBIDDEN):
         return ""
     try:
         data = json.loads(body)

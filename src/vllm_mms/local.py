@@ -326,7 +326,8 @@ RESTART_LIMIT = 5            # restarts of one service ...
 RESTART_WINDOW_S = 600.0     # ... within this window, then the supervisor gives up
 
 
-def _process_env(pid: int, name: str) -> Optional[str]:
+def process_env(pid: int, name: str) -> Optional[str]:
+    """One variable of a running process's environment (ours: same user), or None."""
     try:
         raw = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
@@ -345,7 +346,7 @@ def restart(stack: Stack, name: str, project: Project) -> Stack:
                      else (stack.proxy_pid, stack.engine_pid))
     _signal_group(dead, signal.SIGKILL)  # its workers (vLLM's engine core) must not linger
     _reap()
-    key = _process_env(partner, "VLLM_API_KEY") or engine.internal_api_key(resolved)
+    key = process_env(partner, "VLLM_API_KEY") or engine.internal_api_key(resolved)
     with open(logs / f"{name}.log", "a") as handle:
         handle.write(f"=== supervisor: the {name} exited; restarting it ===\n")
     if name == "engine":

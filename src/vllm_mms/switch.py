@@ -56,14 +56,11 @@ def free_port() -> int:
 def proxy_engine_key(proxy_pid: int) -> str:
     """The key the running proxy sends to the engine (from its environment: the new engine
     must accept the same key, and it is written nowhere)."""
-    try:
-        raw = Path(f"/proc/{proxy_pid}/environ").read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read the proxy's environment (pid {proxy_pid}): {exc}") from None
-    for item in raw.split(b"\0"):
-        if item.startswith(b"VLLM_API_KEY="):
-            return item.split(b"=", 1)[1].decode()
-    raise UserError(f"the proxy (pid {proxy_pid}) has no engine key; restart the stack")
+    key = local.process_env(proxy_pid, "VLLM_API_KEY")
+    if not key:
+        raise UserError(f"cannot read the engine key of the proxy (pid {proxy_pid}); restart "
+                        f"the stack: ./runMe.sh down && ./runMe.sh --local")
+    return key
 
 
 def engine_load(port: int) -> Optional[float]:
