@@ -121,8 +121,8 @@ def test_dashboard_has_the_panels_the_issue_names():
 def test_engine_health_check_gpu_and_mounts(compose):
     engine = compose["services"]["vllm-node"]
     assert engine["healthcheck"] == {"test": ["CMD", "/app/scripts/healthcheck.sh"],
-                                     "interval": "30s", "timeout": "10s", "retries": 3,
-                                     "start_period": "150s"}
+                                     "interval": "10s", "timeout": "5s", "retries": 3,
+                                     "start_period": "1800s"}  # unhealthy within 30 s
     assert engine["restart"] == "unless-stopped"
     assert engine["ipc"] == "host"
     devices = engine["deploy"]["resources"]["reservations"]["devices"]
@@ -139,7 +139,7 @@ def test_proxy_waits_for_healthy_engine_and_database(compose):
     proxy = compose["services"]["litellm"]
     assert proxy["depends_on"] == {"vllm-node": {"condition": "service_healthy"},
                                    "litellm_db": {"condition": "service_healthy"}}
-    assert proxy["healthcheck"]["interval"] == "30s"
+    assert (proxy["healthcheck"]["interval"], proxy["healthcheck"]["retries"]) == ("10s", 3)
     assert proxy["healthcheck"]["start_period"] == "30s"
     assert "/health/liveliness" in " ".join(proxy["healthcheck"]["test"])
     assert mounts(proxy)["/app/generated_configs"] == ("generated_configs", "ro")
