@@ -122,7 +122,7 @@ def test_engine_health_check_gpu_and_mounts(compose):
     engine = compose["services"]["vllm-node"]
     assert engine["healthcheck"] == {"test": ["CMD", "/app/scripts/healthcheck.sh"],
                                      "interval": "10s", "timeout": "5s", "retries": 3,
-                                     "start_period": "1800s"}  # unhealthy within 30 s
+                                     "start_period": "30m"}  # unhealthy within 30 s
     assert engine["restart"] == "unless-stopped"
     assert engine["ipc"] == "host"
     devices = engine["deploy"]["resources"]["reservations"]["devices"]
