@@ -20,7 +20,7 @@ DEFAULT_COMPOSE_MODEL = "glm47-flash"
 DEFAULT_LOCAL_MODEL = "smollm2-135m-cpu"
 COMMANDS = ("render", "up", "down", "entrypoint", "proxy-entrypoint", "healthcheck",
             "schema", "docs", "test", "bench", "launch", "install-clients", "keys", "usage",
-            "status", "logs", "doctor", "fit", "switch", "supervise", "help", "list")
+            "status", "logs", "doctor", "fit", "switch", "supervise", "export", "help", "list")
 
 USAGE = """\
 usage:
@@ -43,6 +43,8 @@ usage:
   ./runMe.sh doctor                   check everything, one line each, with the fix
   ./runMe.sh logs [engine|proxy|db] [-f]
   ./runMe.sh render NAME [--out DIR]  write the generated config, print the engine command
+  ./runMe.sh export k8s NAME [--image IMAGE]
+                                      Kubernetes manifests (Deployment + Service) for NAME
   ./runMe.sh launch claude|codex|opencode [--force] [--model ID] [-- CLIENT ARGS]
                                       start a coding agent against the running proxy
   ./runMe.sh install-clients          install the pinned agent CLIs (npm) into the cache
@@ -371,6 +373,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             from .launch import install_clients
 
             print(install_clients())
+            return 0
+        if argv[0] == "export":
+            from . import k8s
+
+            name, image = k8s.parse_args(argv[1:])
+            print(k8s.manifests(resolve(project(), name), image), end="")
             return 0
         if argv[0] == "supervise":  # started by `--local -d`, not by users
             from . import local
