@@ -3,7 +3,8 @@
 The engine container renders the configuration into the shared tmpfs volume, then replaces
 itself with vLLM (os.execvpe: vLLM becomes PID 1 and receives SIGTERM from `docker stop`).
 The proxy container waits on the engine's health (compose `depends_on`), reads the rendered
-configuration and the internal key from that volume, and replaces itself with LiteLLM.
+configuration and the internal key from that volume, and replaces itself with the proxy
+(LiteLLM behind our route gate, `python3 -m vllm_mms.gateway`).
 """
 
 from __future__ import annotations
