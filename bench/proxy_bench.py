@@ -20,7 +20,6 @@ import os
 import platform
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,12 +48,6 @@ env: {}
 litellm:
   max_tokens: 64
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_http(url: str, deadline_s: float = 180) -> None:
@@ -182,7 +175,7 @@ def report(target: str, concurrency: int, result: dict, rows: list[str]) -> None
 # ----------------------------------------------------------------------------- targets
 
 def stub_target(work: Path) -> tuple[Path_, Path_, list]:
-    port = free_port()
+    port = local.free_port()
     stub = subprocess.Popen([sys.executable, str(ROOT / "bench" / "stub_upstream.py"), str(port)])
     project = work / "stub-project"
     project.mkdir()
@@ -198,7 +191,7 @@ def stub_target(work: Path) -> tuple[Path_, Path_, list]:
     resolved = resolve(Project(project), "stub", environ=environ)
     render(Project(project), resolved, work / "stub-generated",
            api_base=f"http://127.0.0.1:{port}/v1")
-    proxy_port = free_port()
+    proxy_port = local.free_port()
     proxy = local.proxy_process(resolved, work / "stub-generated", "sk-stub", work / "stub-logs",
                                 proxy_port, {"MMS_STATE_DIR": str(work / "stub-state"),
                                              "LITELLM_LOG": "WARNING", "MMS_PROXY_LOG_LEVEL": "warning"})
@@ -220,7 +213,7 @@ def model_target(work: Path) -> tuple[Path_, Path_, dict]:
     engine_key, proxy_key = "sk-bench-" + secrets.token_hex(16), "sk-bench-" + secrets.token_hex(16)
     (project / "secrets" / "VLLM_API_KEY").write_text(engine_key)
     (project / "secrets" / "LITELLM_MASTER_KEY").write_text(proxy_key)
-    proxy_port, engine_port = free_port(), free_port()
+    proxy_port, engine_port = local.free_port(), local.free_port()
     env = {**os.environ, "MMS_PROJECT_DIR": str(project), "MMS_STATE_DIR": str(work / "state"),
            "LITELLM_PORT": str(proxy_port), "VLLM_PORT": str(engine_port),
            "MAX_PARALLEL_REQUESTS": "256", "LITELLM_LOG": "WARNING"}

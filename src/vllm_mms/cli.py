@@ -280,15 +280,9 @@ def fraction(value: str) -> float:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    resolved = resolve(project(), args.model)
-    weights = None
-    if resolved.model.local_weights:
-        from .prepare_model import weights_dir
-
-        weights = weights_dir()
-    verdict = fit.check(resolved, gpu_memory=args.gpu_memory, nodes=args.nodes,
-                        max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-                        utilization=args.gpu_memory_utilization, weights=weights)
+    verdict = fit.check(resolve(project(), args.model), gpu_memory=args.gpu_memory,
+                        nodes=args.nodes, max_model_len=args.max_model_len,
+                        max_num_seqs=args.max_num_seqs, utilization=args.gpu_memory_utilization)
     print("\n".join(verdict.lines))
     return 0 if verdict.fits else 1
 

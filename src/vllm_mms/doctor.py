@@ -164,13 +164,7 @@ def check_fit(project: Project, local_mode: bool) -> Check:
         return Check("ok", "memory fit", "a local stack is running (./runMe.sh fit NAME checks another)")
     name = os.environ.get("MODEL") or ("smollm2-135m-cpu" if local_mode else "glm47-flash")
     try:
-        resolved = resolve(project, name)
-        weights = None
-        if resolved.model.local_weights:
-            from .prepare_model import weights_dir
-
-            weights = weights_dir()
-        verdict = fit.check(resolved, weights=weights)
+        verdict = fit.check(resolve(project, name))
     except UserError as exc:
         return Check("warn", "memory fit", f"{name}: not checked ({exc.message.splitlines()[0]})")
     summary = verdict.lines[-1] if verdict.fits else next(

@@ -49,6 +49,25 @@ def engine_argv(resolved: Resolved, *, host: str, port: int, cpu_python: Optiona
             "--served-model-name", SERVED_MODEL_NAME]
 
 
+def flag_value(argv: list[str], *names: str) -> Optional[str]:
+    """The value of a flag in an engine argv (`--flag value` or `--flag=value`), or None."""
+    for i, token in enumerate(argv):
+        name, eq, value = token.partition("=")
+        if name in names:
+            if eq:
+                return value
+            if i + 1 < len(argv):
+                return argv[i + 1]
+    return None
+
+
+def gpu_count(argv: list[str]) -> int:
+    """GPUs one engine uses: tensor x pipeline parallel size."""
+    tp = int(flag_value(argv, "--tensor-parallel-size", "-tp") or 1)
+    pp = int(flag_value(argv, "--pipeline-parallel-size", "-pp") or 1)
+    return tp * pp
+
+
 def internal_api_key(resolved: Resolved) -> str:
     """The key between proxy and engine: secrets/VLLM_API_KEY, or a fresh one per start."""
     return resolved.secrets.get("VLLM_API_KEY") or "sk-engine-" + pysecrets.token_urlsafe(24)

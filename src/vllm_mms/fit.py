@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from . import config
+from . import config, engine
 from .errors import UserError
 from .resolve import Resolved
 
@@ -142,6 +142,10 @@ def weights_on_disk(directory: Path) -> Optional[float]:
 
 
 def model_shape(resolved: Resolved, model_id: str, weights: Optional[Path]) -> Shape:
+    if weights is None and resolved.model.local_weights:
+        from .prepare_model import weights_dir
+
+        weights = weights_dir()  # the prepared checkpoint, if it is there yet
     checkpoint = find_checkpoint(model_id, weights)
     shape: Optional[Shape] = None
     if checkpoint is not None:
@@ -293,35 +297,22 @@ class Estimate:
         return int(self.kv_room // self.kv_one) if self.kv_one > 0 else self.plan.max_num_seqs
 
 
-def _flag(argv: list[str], *names: str) -> Optional[str]:
-    for i, token in enumerate(argv):
-        name, eq, value = token.partition("=")
-        if name in names:
-            if eq:
-                return value
-            if i + 1 < len(argv):
-                return argv[i + 1]
-    return None
-
-
 def plan_from_command(resolved: Resolved, max_model_len: Optional[int],
                       max_num_seqs: Optional[int], utilization: Optional[float]) -> Plan:
     argv = config.parse_command(resolved.model.command)
-    model_len = max_model_len or config.parse_size(_flag(argv, "--max-model-len") or "") \
+    model_len = max_model_len or config.parse_size(engine.flag_value(argv, "--max-model-len") or "") \
         or resolved.context_length
     if not isinstance(model_len, int) or model_len <= 0:
         raise UserError(f"{resolved.name}: no max-model-len: set --max-model-len in its "
                         f"command or context_length", 2)
-    seqs = max_num_seqs or int(_flag(argv, "--max-num-seqs") or VLLM_DEFAULTS["max_num_seqs"])
-    util = utilization or float(_flag(argv, "--gpu-memory-utilization")
+    seqs = max_num_seqs or int(engine.flag_value(argv, "--max-num-seqs") or VLLM_DEFAULTS["max_num_seqs"])
+    util = utilization or float(engine.flag_value(argv, "--gpu-memory-utilization")
                                 or VLLM_DEFAULTS["gpu_memory_utilization"])
-    kv_dtype = _flag(argv, "--kv-cache-dtype") or "auto"
-    dtype = _flag(argv, "--dtype") or "auto"
+    kv_dtype = engine.flag_value(argv, "--kv-cache-dtype") or "auto"
+    dtype = engine.flag_value(argv, "--dtype") or "auto"
     kv_bytes = 1 if kv_dtype.startswith("fp8") else DTYPE_BYTES.get(dtype, 2)
-    tp = int(_flag(argv, "--tensor-parallel-size", "-tp") or 1)
-    pp = int(_flag(argv, "--pipeline-parallel-size", "-pp") or 1)
     return Plan(model_len, seqs, util, kv_bytes, kv_dtype if kv_dtype != "auto" else
-                f"{dtype if dtype != 'auto' else 'bf16'}", tp * pp)
+                f"{dtype if dtype != 'auto' else 'bf16'}", engine.gpu_count(argv))
 
 
 def kv_bytes(shape: Shape, plan: Plan, sequences: int, tokens: int) -> float:

@@ -16,12 +16,12 @@ does for one worker: the config path in CONFIG_FILE_PATH, then uvicorn on its ap
 from __future__ import annotations
 
 import argparse
-import hashlib
-import hmac
 import json
 import os
 import re
 from typing import Any, Awaitable, Callable
+
+from .store import same_key
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -37,10 +37,6 @@ CLIENT_FORBIDDEN = ("api_base", "base_url", "api_key", "api_version", "extra_hea
                     "custom_llm_provider", "organization", "user_config", "mock_response",
                     "litellm_params", "aws_access_key_id", "aws_secret_access_key",
                     "vertex_credentials", "azure_ad_token")
-
-
-def _digest(value: str) -> bytes:
-    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
 
 
 def presented_keys(scope: Scope) -> list[str]:
@@ -80,7 +76,7 @@ class RouteGate:
             return
         keys = presented_keys(scope)
         master = os.environ.get("LITELLM_MASTER_KEY", "")
-        if master and any(hmac.compare_digest(_digest(k), _digest(master)) for k in keys):
+        if master and any(same_key(k, master) for k in keys):
             await self.app(scope, receive, send)
             return
         status, message = ((403, "this route needs the master key") if keys else

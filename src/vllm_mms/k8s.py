@@ -22,18 +22,10 @@ ENGINE_IMAGE = "scitrera/dgx-spark-vllm:0.16.0-t5"   # Dockerfile's BASE_IMAGE
 SECRET_NAME = "vllm-mms-secrets"
 
 
-def _flag(argv: list[str], *names: str) -> int:
-    for i, token in enumerate(argv):
-        name, eq, value = token.partition("=")
-        if name in names:
-            return int(value if eq else argv[i + 1])
-    return 1
-
-
 def manifests(resolved: Resolved, image: str = ENGINE_IMAGE) -> str:
     name = "vllm-" + re.sub(r"[^a-z0-9-]", "-", resolved.name.lower())[:50]
     argv = engine.engine_argv(resolved, host="0.0.0.0", port=8000)
-    gpus = _flag(argv, "--tensor-parallel-size", "-tp") * _flag(argv, "--pipeline-parallel-size", "-pp")
+    gpus = engine.gpu_count(argv)
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(resolved.engine_env.items())]
     env.append({"name": "HF_HOME", "value": "/root/.cache/huggingface"})
     for secret in ("VLLM_API_KEY", *engine.ENGINE_SECRETS):

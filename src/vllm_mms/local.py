@@ -81,6 +81,13 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def free_port() -> int:
+    """A port nothing listens on right now, on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def http_ok(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
@@ -247,7 +254,7 @@ def start_local(project: Project, name: str, detach: bool, force: bool = False) 
         print("running in the background (a supervisor restarts what dies); stop with: "
               "./runMe.sh down")
         return 0
-    return supervise(stack, procs)
+    return supervise(stack, project)
 
 
 def start_supervisor(stack: Stack) -> None:
@@ -364,8 +371,7 @@ def restart(stack: Stack, name: str, project: Project) -> Stack:
     return stack
 
 
-def supervise(stack: Stack, procs: Optional[dict[str, subprocess.Popen]] = None,
-              project: Optional[Project] = None, foreground: bool = True) -> int:
+def supervise(stack: Stack, project: Optional[Project] = None, foreground: bool = True) -> int:
     """Restart a service that dies (up to RESTART_LIMIT times in RESTART_WINDOW_S); Ctrl-C or
     SIGTERM stops everything (foreground) or just the supervisor (detached: `down` does it)."""
     stopping: dict[str, Optional[int]] = {"signal": None}

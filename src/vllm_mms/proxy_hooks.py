@@ -15,8 +15,6 @@ the file changes. No secret is logged: keys are compared as sha256 digests, in c
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import time
@@ -31,7 +29,7 @@ from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import (LitellmUserRoles, ProxyErrorTypes, ProxyException,
                                   UserAPIKeyAuth)
 
-from .store import ApiKey, Store, hash_key
+from .store import ApiKey, Store, hash_key, same_key
 from .usage import UsageQueue, row_from_logging
 
 # Fewer characters per token than this is rare; the bound decides when to count exactly.
@@ -106,10 +104,6 @@ class _RouterSync:
 ROUTER = _RouterSync()
 
 
-def _digest(value: str) -> bytes:
-    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
-
-
 def _unauthorized(message: str) -> ProxyException:
     return ProxyException(message=message, type=ProxyErrorTypes.auth_error, param="api_key",
                           code=401)
@@ -171,9 +165,9 @@ async def custom_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
                             "(send 'Authorization: Bearer <key>' or 'x-api-key: <key>')")
     ROUTER.sync()
     limits = MODEL_SETTINGS.get().get("limits", {}) or {}
-    if master and hmac.compare_digest(_digest(api_key), _digest(master)):
+    if master and same_key(api_key, master):
         return UserAPIKeyAuth(
-            api_key=hashlib.sha256(api_key.encode()).hexdigest(),  # never the clear key
+            api_key=hash_key(api_key),  # never the clear key
             key_alias="master",
             user_role=LitellmUserRoles.PROXY_ADMIN,
             rpm_limit=limits.get("rpm"),

@@ -9,6 +9,7 @@ The variable is MMS_DATABASE_URL, never DATABASE_URL, which would switch Prisma 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import secrets
 import time
@@ -55,6 +56,11 @@ KEY_COLUMNS = ("name", "key_hash", "created_at", "revoked_at", "rpm", "tpm", "ma
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def same_key(presented: str, expected: str) -> bool:
+    """Constant-time comparison of two keys (of their digests, so lengths leak nothing)."""
+    return hmac.compare_digest(hash_key(presented), hash_key(expected))
 
 
 def migrate_now(url: Optional[str] = None) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -46,12 +45,6 @@ def switch(project: Project, name: str, force: bool, compose: list[str]) -> int:
 
 
 # ----------------------------------------------------------------------------- local mode
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 def proxy_engine_key(proxy_pid: int) -> str:
     """The key the running proxy sends to the engine (from its environment: the new engine
@@ -138,7 +131,7 @@ def switch_local(project: Project, stack: local.Stack, name: str, force: bool) -
 
     key = proxy_engine_key(stack.proxy_pid)
     logs = Path(stack.log_dir)
-    port = free_port()
+    port = local.free_port()
     with open(logs / "engine.log", "a") as handle:
         handle.write(f"=== switch: starting {name} on port {port} ===\n")
     print(f"switch: starting {name} beside {stack.model} (engine port {port}) ...", flush=True)
