@@ -99,12 +99,26 @@ def proxy_serves(stack: local.Stack, master_key: str, names: list[str], deadline
     return False
 
 
-def drain(port: int, deadline_s: float) -> float:
-    """Wait until the old engine has nothing running or waiting (or the deadline)."""
+# The engine's gauges lag: a request the proxy routed just before it moved may still be on its
+# way (or not yet scheduled), so "idle" must hold for a moment before the old engine stops.
+DRAIN_QUIET_S = 3.0
+
+
+def drain(port: int, deadline_s: float, quiet_s: float = DRAIN_QUIET_S) -> float:
+    """Wait until the old engine has had nothing running or waiting for `quiet_s` seconds
+    (or it no longer answers, or the deadline)."""
     start = time.monotonic()
+    idle_since: Optional[float] = None
     while time.monotonic() - start < deadline_s:
         load = engine_load(port)
-        if not load:  # 0 requests, or the engine no longer answers
+        if load is None:  # the engine no longer answers
+            break
+        now = time.monotonic()
+        if load:
+            idle_since = None
+        elif idle_since is None:
+            idle_since = now
+        elif now - idle_since >= quiet_s:
             break
         time.sleep(0.5)
     return time.monotonic() - start
