@@ -22,7 +22,8 @@ REAL_CACHE = Path(os.environ.get("MMS_CACHE_DIR") or Path.home() / ".cache" / "v
 SETTING_NAMES = ("LITELLM_TEMPERATURE", "LITELLM_TOP_P", "LITELLM_TOP_K",
                  "LITELLM_REPETITION_PENALTY", "LITELLM_MAX_TOKENS", "MAX_PARALLEL_REQUESTS",
                  "LITELLM_REQUEST_TIMEOUT", "LITELLM_NUM_RETRIES", "LITELLM_KEY_RPM",
-                 "LITELLM_MASTER_KEY", "LITELLM_PORT", "VLLM_PORT", "MODEL")
+                 "LITELLM_MASTER_KEY", "LITELLM_PORT", "VLLM_PORT", "MODEL", "REPLICAS",
+                 "REPLICA_GPUS", "PROXY_REDIS_URL")
 
 
 @pytest.fixture(autouse=True)

@@ -25,12 +25,13 @@ def test_rendered_config_for_glm(project_dir, tmp_path):
             "model": "hosted_vllm/vllm_agent", "api_base": "http://vllm-node:8000/v1",
             "api_key": "os.environ/VLLM_API_KEY", "timeout": 600, "stream_timeout": 600,
             "max_retries": 0}
-        assert entry["model_info"] == {"catalog_name": "glm47-flash",
+        assert entry["model_info"] == {"catalog_name": "glm47-flash", "replica": 1,
                                        "max_input_tokens": 131072, "max_output_tokens": 32768}
     assert config["litellm_settings"] == {
         "drop_params": True, "request_timeout": 600, "num_retries": 0,
         "callbacks": ["vllm_mms.proxy_hooks.proxy_handler", "prometheus"]}
-    assert config["router_settings"] == {"num_retries": 0, "timeout": 600}
+    assert config["router_settings"] == {"routing_strategy": "simple-shuffle", "num_retries": 0,
+                                         "timeout": 600, "allowed_fails": 0, "cooldown_time": 10}
     assert config["general_settings"] == {
         "master_key": "os.environ/LITELLM_MASTER_KEY",
         "custom_auth": "vllm_mms.proxy_hooks.custom_auth"}
@@ -42,6 +43,7 @@ def test_rendered_config_for_glm(project_dir, tmp_path):
     assert models["limits"] == {"max_parallel_requests": 8, "request_timeout": 600,
                                 "num_retries": 0, "rpm": None}
     assert models["api_base"] == COMPOSE_API_BASE
+    assert models["api_bases"] == [COMPOSE_API_BASE]
 
 
 def test_proxy_metrics_can_be_turned_off(project_dir, tmp_path):

@@ -11,13 +11,14 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import config, engine, fit, paths
+from . import config, engine, fit, paths, replicas
 from .errors import UserError
-from .render import COMPOSE_API_BASE, render
+from .render import compose_api_bases, render
 from .resolve import Project, resolve
 
 DEFAULT_COMPOSE_MODEL = "glm47-flash"
 DEFAULT_LOCAL_MODEL = "smollm2-135m-cpu"
+REPLICAS_COMPOSE = "compose.replicas.yml"  # in the state directory: generated, no secrets
 COMMANDS = ("render", "up", "down", "entrypoint", "proxy-entrypoint", "healthcheck",
             "schema", "docs", "test", "bench", "launch", "install-clients", "keys", "usage",
             "status", "logs", "doctor", "fit", "switch", "supervise", "export", "help", "list")
@@ -25,11 +26,12 @@ COMMANDS = ("render", "up", "down", "entrypoint", "proxy-entrypoint", "healthche
 USAGE = """\
 usage:
   ./runMe.sh                          list the models and this help
-  MODEL=NAME ./runMe.sh [-d] [--build] [--metrics] [--force]
-  ./runMe.sh NAME [-d] [--build] [--metrics] [--force]
+  MODEL=NAME ./runMe.sh [-d] [--build] [--metrics] [--force] [--replicas N]
+  ./runMe.sh NAME [-d] [--build] [--metrics] [--force] [--replicas N]
                                       start NAME with docker compose (default glm47-flash);
-                                      --metrics adds Prometheus + Grafana
-  ./runMe.sh --local [NAME] [-d] [--force]
+                                      --metrics adds Prometheus + Grafana; --replicas N runs
+                                      N engines behind the proxy (REPLICA_GPUS: one GPU each)
+  ./runMe.sh --local [NAME] [-d] [--force] [--replicas N]
                                       start NAME on this machine: CPU, no Docker
                                       (default smollm2-135m-cpu; ports: LITELLM_PORT, VLLM_PORT)
   ./runMe.sh down                     stop what runs (compose and local mode)
@@ -81,9 +83,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     proj = project()
     resolved = resolve(proj, args.model)
     out = Path(args.out) if args.out else proj.root / "generated_configs"
-    api_base = COMPOSE_API_BASE
-    written = render(proj, resolved, out, api_base=api_base)
-    argv = engine.engine_argv(resolved, host="0.0.0.0", port=8000)
+    written = render(proj, resolved, out, api_base=compose_api_bases(resolved.replicas))
+    argv = engine.engine_argv(resolved, host="0.0.0.0", port=8000,
+                              sharing=replicas.sharing(resolved))
     for path in written.values():
         print(f"wrote {config.display_path(path)}")
     print("engine argv (exec'd by the container entrypoint):")
@@ -119,8 +121,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     name = args.model or os.environ.get("MODEL") or DEFAULT_COMPOSE_MODEL
     resolved = resolve(proj, name)  # fail here, in one line, before Docker is involved
     fit.preflight(resolved, args.force)
-    cmd = [*compose_command(), "-f", str(proj.root / "docker-compose.yml"),
-           *(["--profile", "metrics"] if args.metrics else []), "up"]
+    files = ["-f", str(proj.root / "docker-compose.yml")]
+    if resolved.replicas > 1:
+        override = replicas.write_compose_override(
+            resolved, proj.root / "docker-compose.yml", paths.state_dir() / REPLICAS_COMPOSE)
+        files += ["-f", str(override)]
+    cmd = [*compose_command(), *files, *(["--profile", "metrics"] if args.metrics else []), "up"]
     if not docker_engine_reachable():
         raise UserError("no Docker engine is reachable ('docker ps' failed): start Docker "
                         "(sudo systemctl start docker), or run without it: ./runMe.sh --local")
@@ -142,7 +148,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     if stopped_local:
         return 0
     try:
-        cmd = [*compose_command(), "-f", str(project().root / "docker-compose.yml"), "down"]
+        # --remove-orphans: the engine replicas (--replicas) live in an override file.
+        cmd = [*compose_command(), "-f", str(project().root / "docker-compose.yml"), "down",
+               "--remove-orphans"]
     except UserError:
         print("nothing is running")
         return 0
@@ -299,16 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", add_help=False)
     p.add_argument("model")
     p.add_argument("--out")
+    p.add_argument("--replicas", type=positive_int)
     p = sub.add_parser("up", add_help=False)
     p.add_argument("model", nargs="?")
     p.add_argument("-d", "--detach", action="store_true")
     p.add_argument("--build", action="store_true")
     p.add_argument("--metrics", action="store_true")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--replicas", type=positive_int)
     p = sub.add_parser("local", add_help=False)
     p.add_argument("model", nargs="?")
     p.add_argument("-d", "--detach", action="store_true")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--replicas", type=positive_int)
     p = sub.add_parser("fit", add_help=False)
     p.add_argument("model")
     p.add_argument("--gpu-memory", type=fit.parse_memory)
@@ -394,6 +405,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             "healthcheck": cmd_healthcheck, "schema": cmd_schema, "docs": cmd_docs,
             "fit": cmd_fit, "switch": cmd_switch,
         }
+        if getattr(args, "replicas", None):  # the command line beats vars.env, like the environment
+            os.environ["REPLICAS"] = str(args.replicas)
         if args.command in ("list", "help"):
             print_models(project())
             return 0

@@ -66,6 +66,38 @@ class EnforcedStop(Strict):
     enforce: Literal[True] = Field(description="Must be true: override the client's value.")
 
 
+ROUTING_STRATEGIES = ("simple-shuffle", "least-busy", "latency-based-routing")
+
+
+class Fallback(Strict):
+    """Another catalog model, served by an engine elsewhere, that takes requests this model
+    cannot serve (every replica failing or cooling down)."""
+
+    model: str = Field(pattern=MODEL_NAME_RE.pattern, description="Its catalog name.")
+    api_base: str = Field(pattern=r"^https?://[^\s/]+(/\S*)?$",
+                          description="Its engine's OpenAI base URL, e.g. http://spark-2:8000/v1 "
+                                      "(it must accept the same VLLM_API_KEY).")
+
+
+class Routing(Strict):
+    """How the proxy spreads requests over the engine replicas (REPLICAS), with LiteLLM's
+    router."""
+
+    strategy: Literal[ROUTING_STRATEGIES] = Field(  # type: ignore[valid-type]
+        "simple-shuffle", description="simple-shuffle (random, by weight), least-busy (fewest "
+                                      "requests in flight) or latency-based-routing.")
+    weights: Optional[list[Annotated[int, Field(gt=0)]]] = Field(
+        None, min_length=1, description="Share of traffic per replica for simple-shuffle, e.g. "
+                                        "[3, 1]; one number per replica (default: equal).")
+    cooldown_time: Annotated[int, Field(gt=0)] = Field(
+        10, description="Seconds a failing replica gets no traffic before it is tried again.")
+    allowed_fails: Annotated[int, Field(ge=0)] = Field(
+        0, description="Failures of a replica in one minute before its cooldown starts.")
+    fallbacks: list[Fallback] = Field(
+        default_factory=list, description="Other catalog models to try, in order, when this "
+                                          "one fails.")
+
+
 class LitellmSection(Strict):
     """Proxy-side behaviour for one model. A plain number is a *default* (fills in only what
     the client left out); `{value: X, enforce: true}` is *enforced* (replaces the client's)."""
@@ -90,6 +122,9 @@ class LitellmSection(Strict):
         None, description="Retries on engine errors.")
     rpm: Optional[Annotated[int, Field(gt=0)]] = Field(
         None, description="Requests per minute per API key; more get 429 with Retry-After.")
+    routing: Routing = Field(default_factory=Routing,
+                               description="Replicas: routing strategy, weights, cooldown, "
+                                           "fallbacks.")
 
 
 class Architecture(Strict):
@@ -179,6 +214,19 @@ class Settings(Strict):
     PROXY_METRICS: bool = Field(
         True, description="The proxy's Prometheus metrics at /metrics (needs the master key; "
                           "requests, tokens, latency, time to first token, errors by key).")
+    REPLICAS: Annotated[int, Field(ge=1, le=16)] = Field(
+        1, description="Engine replicas of the model behind one proxy (`--replicas N`).")
+    REPLICA_GPUS: Optional[str] = Field(
+        None, pattern=r"^\s*\d+(,\d+)*(\s+\d+(,\d+)*)*\s*$",
+        description="Compose: GPU ids per replica, space-separated, e.g. `0 1` (or `0,1 2,3` "
+                    "with tensor parallel 2). Empty: the replicas share the GPUs and split "
+                    "--gpu-memory-utilization.")
+    PROXY_REDIS_URL: Optional[str] = Field(
+        None, pattern=r"^rediss?://\S+$",
+        description="Several proxies share per-key rate limits and parallel-request counts "
+                    "(and the router's cooldowns) through this Redis, e.g. "
+                    "redis://127.0.0.1:6379/0. A URL with a password belongs in "
+                    "secrets/PROXY_REDIS_URL.")
     LITELLM_PORT: Annotated[int, Field(gt=0, lt=65536)] = Field(
         4000, description="Proxy port on 127.0.0.1.")
     VLLM_PORT: Annotated[int, Field(gt=0, lt=65536)] = Field(
@@ -202,7 +250,7 @@ SETTING_FOR_LIMIT = {
     "num_retries": "LITELLM_NUM_RETRIES",
     "rpm": "LITELLM_KEY_RPM",
 }
-SECRET_SETTINGS = {"LITELLM_MASTER_KEY"}
+SECRET_SETTINGS = {"LITELLM_MASTER_KEY", "PROXY_REDIS_URL"}
 
 
 # ----------------------------------------------------------------------------- loading files
@@ -379,8 +427,11 @@ def validate_settings(values: dict[str, str], source: str) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         name = str(first["loc"][0]) if first["loc"] else "?"
-        # Never echo a secret setting's value back.
-        detail = "invalid value" if name in SECRET_SETTINGS else first["msg"]
+        # Never echo a secret setting's value back (these messages do not hold it).
+        detail = first["msg"]
+        if name in SECRET_SETTINGS and first["type"] not in ("string_pattern_mismatch",
+                                                             "string_too_short"):
+            detail = "invalid value"
         raise UserError(f"{source}: {name}: {detail}") from None
 
 

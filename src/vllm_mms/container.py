@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
-from . import engine
+from . import engine, replicas
 from .errors import UserError
-from .render import CONFIG_FILE, MODELS_FILE, render
+from .render import CONFIG_FILE, MODELS_FILE, compose_api_bases, render
 from .resolve import SERVED_MODEL_NAME, Project, resolve
 
 GENERATED_DIR = Path(os.environ.get("MMS_GENERATED_DIR", "/app/generated_configs"))
@@ -33,21 +34,40 @@ def _model_name() -> str:
 
 def engine_entrypoint(project: Project) -> None:
     resolved = resolve(project, _model_name())
-    written = render(project, resolved, GENERATED_DIR)
+    replica = int(os.environ.get("MMS_REPLICA", "1"))
     key_path = GENERATED_DIR / ENGINE_KEY_FILE
-    # A recreated engine (./runMe.sh switch) keeps the key the running proxy already holds.
-    previous = key_path.read_text().strip() if key_path.is_file() else ""
-    key = resolved.secrets.get("VLLM_API_KEY") or previous or engine.internal_api_key(resolved)
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key)
+    if replica == 1:
+        written = render(project, resolved, GENERATED_DIR,
+                         api_base=compose_api_bases(resolved.replicas))
+        # A recreated engine (./runMe.sh switch) keeps the key the running proxy already holds.
+        previous = key_path.read_text().strip() if key_path.is_file() else ""
+        key = resolved.secrets.get("VLLM_API_KEY") or previous or engine.internal_api_key(resolved)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key)
+        print(f"[entrypoint] model {resolved.name}: rendered "
+              f"{', '.join(str(p) for p in written.values())}", flush=True)
+    else:
+        # Replica 1 renders for all and writes the key they share.
+        key = resolved.secrets.get("VLLM_API_KEY") or wait_for_key(key_path)
+        print(f"[entrypoint] model {resolved.name}: replica {replica} of {resolved.replicas}",
+              flush=True)
     port = int(os.environ.get("MMS_ENGINE_PORT", "8000"))
-    argv = engine.engine_argv(resolved, host="0.0.0.0", port=port)
+    argv = engine.engine_argv(resolved, host="0.0.0.0", port=port,
+                              sharing=replicas.sharing(resolved))
     env = engine.engine_environment(resolved, key, dict(os.environ))
-    print(f"[entrypoint] model {resolved.name}: rendered {', '.join(str(p) for p in written.values())}",
-          flush=True)
     print(f"[entrypoint] exec {json.dumps(argv)}", flush=True)
     os.execvpe(argv[0], argv, env)
+
+
+def wait_for_key(key_path: Path, deadline_s: float = 120) -> str:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if key_path.is_file() and key_path.read_text().strip():
+            return key_path.read_text().strip()
+        time.sleep(1)
+    raise UserError(f"{key_path} did not appear within {deadline_s:.0f}s: replica 1 "
+                    f"(the vllm-node service) has not started")
 
 
 def proxy_entrypoint(project: Project) -> None:

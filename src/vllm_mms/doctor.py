@@ -111,10 +111,9 @@ def check_local_stack() -> list[Check]:
     if stack is None:
         return [Check("warn", "local stack", "not running", "./runMe.sh --local")]
     checks = []
-    for label, pid, url, log in (
-            ("engine", stack.engine_pid, f"http://127.0.0.1:{stack.engine_port}/health", "engine"),
-            ("proxy", stack.proxy_pid, f"http://127.0.0.1:{stack.proxy_port}/health/liveliness",
-             "proxy")):
+    for label, pid, port in stack.services():
+        url = f"http://127.0.0.1:{port}/health" + ("/liveliness" if label == "proxy" else "")
+        log = label
         if not alive(pid):
             checks.append(Check("fail", label, f"process {pid} is gone",
                                 f"see {stack.log_dir}/{log}.log, then ./runMe.sh down && "

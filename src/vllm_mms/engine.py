@@ -15,6 +15,7 @@ from .resolve import SERVED_MODEL_NAME, Resolved
 DYNAMIC_FLAGS = ("--host", "--port", "--api-key", "--served-model-name")
 MULTI_VALUE_FLAGS = {"--served-model-name"}
 CPU_API_SERVER = ["-m", "vllm.entrypoints.openai.api_server"]
+DEFAULT_UTILIZATION = 0.9  # vLLM's default --gpu-memory-utilization
 
 
 def strip_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
@@ -38,12 +39,19 @@ def strip_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
 
 
 def engine_argv(resolved: Resolved, *, host: str, port: int, cpu_python: Optional[str] = None,
-                weights: Optional[Path] = None) -> list[str]:
+                weights: Optional[Path] = None, sharing: int = 1) -> list[str]:
     """`cpu_python` set: run vLLM's API server module with that interpreter (the CPU build's
-    `vllm` console script is broken). `weights` set: serve that local checkpoint."""
+    `vllm` console script is broken). `weights` set: serve that local checkpoint.
+    `sharing` replicas on the same device(s): each gets that share of the memory."""
     argv = config.parse_command(resolved.model.command)
     model_id = str(weights) if weights is not None else argv[2]
     rest = strip_flags(argv[3:], DYNAMIC_FLAGS)
+    if sharing > 1:
+        utilization = float(flag_value(rest, "--gpu-memory-utilization") or DEFAULT_UTILIZATION)
+        rest = strip_flags(rest, ("--gpu-memory-utilization",))
+        # Rounded down: the shares must never add up to more than the whole.
+        share = int(utilization / sharing * 1000 + 1e-9) / 1000
+        rest += ["--gpu-memory-utilization", f"{share:g}"]
     head = [cpu_python, *CPU_API_SERVER, "--model", model_id] if cpu_python else ["vllm", "serve", model_id]
     return [*head, *rest, "--host", host, "--port", str(port),
             "--served-model-name", SERVED_MODEL_NAME]

@@ -17,11 +17,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import bootstrap, config, engine, fit, paths
+from . import bootstrap, config, engine, fit, paths, replicas
 from .container import migrate_store, proxy_environment
 from .errors import UserError
 from .render import CONFIG_FILE, MODELS_FILE, render
@@ -40,10 +40,25 @@ class Stack:
     log_dir: str
     started: float
     supervisor_pid: int = 0   # detached mode: the process that restarts what dies
+    replicas: list[list[int]] = field(default_factory=list)  # [pid, port] of engines 2..N
 
     @property
     def pids(self) -> list[int]:
-        return [self.proxy_pid, self.engine_pid]
+        return [self.proxy_pid, self.engine_pid, *(pid for pid, _ in self.replicas)]
+
+    def services(self) -> list[tuple[str, int, int]]:
+        """(name, pid, port) of every process: the proxy, engine, engine-2, ..."""
+        return [("engine", self.engine_pid, self.engine_port),
+                ("proxy", self.proxy_pid, self.proxy_port),
+                *((f"engine-{k}", pid, port) for k, (pid, port) in enumerate(self.replicas, 2))]
+
+    def set_pid(self, name: str, pid: int) -> None:
+        if name == "engine":
+            self.engine_pid = pid
+        elif name == "proxy":
+            self.proxy_pid = pid
+        else:
+            self.replicas[int(name.split("-")[1]) - 2][0] = pid
 
 
 def stack_file() -> Path:
@@ -177,8 +192,8 @@ def _progress(label: str) -> Callable[[str], None]:
 
 def wait_healthy(stack: Stack, procs: dict[str, subprocess.Popen], deadline_s: float) -> None:
     logs = Path(stack.log_dir)
-    checks = [("engine", f"http://127.0.0.1:{stack.engine_port}/health"),
-              ("proxy", f"http://127.0.0.1:{stack.proxy_port}/health/liveliness")]
+    checks = [(name, f"http://127.0.0.1:{port}/health/liveliness" if name == "proxy"
+               else f"http://127.0.0.1:{port}/health") for name, _, port in stack.services()]
     update = _progress("starting")
     deadline = time.monotonic() + deadline_s
     pending = list(checks)
@@ -195,7 +210,7 @@ def wait_healthy(stack: Stack, procs: dict[str, subprocess.Popen], deadline_s: f
         if time.monotonic() > deadline:
             raise UserError(f"the {name} was not healthy after {deadline_s:.0f}s "
                             f"(MMS_START_TIMEOUT); see {logs / (name + '.log')}")
-        update(f"waiting for the {name} ({'loading the model' if name == 'engine' else 'starting'})")
+        update(f"waiting for the {name} ({'starting' if name == 'proxy' else 'loading the model'})")
         time.sleep(1)
     if sys.stderr.isatty():
         sys.stderr.write("\r\033[K")
@@ -238,10 +253,12 @@ def start_local(project: Project, name: str, detach: bool, force: bool = False) 
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     generated = state / "generated_configs"
-    api_base = f"http://127.0.0.1:{settings.VLLM_PORT}/v1"
-    render(project, resolved, generated, api_base=api_base)
+    # Replica 1 on VLLM_PORT, the others on free ports.
+    engine_ports = [settings.VLLM_PORT, *(free_port() for _ in range(resolved.replicas - 1))]
+    render(project, resolved, generated,
+           api_base=[f"http://127.0.0.1:{port}/v1" for port in engine_ports])
     migrate_store()
-    stack, procs = launch(resolved, engine_python, weights, generated, logs)
+    stack, procs = launch(resolved, engine_python, weights, generated, logs, engine_ports)
     try:
         wait_healthy(stack, procs, float(os.environ.get("MMS_START_TIMEOUT", "600")))
     except BaseException:
@@ -287,30 +304,40 @@ def proxy_process(resolved: Resolved, generated: Path, engine_key: str, logs: Pa
 
 
 def engine_process(resolved: Resolved, engine_python: Path, weights: Optional[Path],
-                   engine_key: str, logs: Path, port: int) -> subprocess.Popen:
+                   engine_key: str, logs: Path, port: int, replica: int = 1) -> subprocess.Popen:
+    """Engine replica `replica` of resolved.replicas; its log is engine.log (replica 1) or
+    engine-K.log. Replicas split the memory share and the cores between them."""
+    label = "engine" if replica == 1 else f"engine-{replica}"
     base_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     base_env.update({"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"})
     env = engine.engine_environment(resolved, engine_key, base_env)
+    if resolved.replicas > 1 and env.get("VLLM_CPU_OMP_THREADS_BIND", "auto") == "auto":
+        env["VLLM_CPU_OMP_THREADS_BIND"] = (replicas.cpu_binding(replica, resolved.replicas)
+                                            or "auto")
     argv = engine.engine_argv(resolved, host="127.0.0.1", port=port,
-                              cpu_python=str(engine_python), weights=weights)
-    (logs / "engine.argv.json").write_text(json.dumps(argv) + "\n")
-    return spawn("engine", argv, env, logs)
+                              cpu_python=str(engine_python), weights=weights,
+                              sharing=resolved.replicas)
+    (logs / f"{label}.argv.json").write_text(json.dumps(argv) + "\n")
+    return spawn(label, argv, env, logs)
 
 
 def launch(resolved: Resolved, engine_python: Path, weights: Optional[Path], generated: Path,
-           logs: Path) -> tuple[Stack, dict[str, subprocess.Popen]]:
+           logs: Path, engine_ports: list[int]) -> tuple[Stack, dict[str, subprocess.Popen]]:
     settings = resolved.settings
     key = engine.internal_api_key(resolved)
-    procs = {
-        "engine": engine_process(resolved, engine_python, weights, key, logs, settings.VLLM_PORT),
-        "proxy": proxy_process(resolved, generated, key, logs, settings.LITELLM_PORT),
-    }
+    procs = {("engine" if k == 1 else f"engine-{k}"):
+             engine_process(resolved, engine_python, weights, key, logs, port, replica=k)
+             for k, port in enumerate(engine_ports, 1)}
+    procs["proxy"] = proxy_process(resolved, generated, key, logs, settings.LITELLM_PORT)
     stack = Stack(model=resolved.name, engine_pid=procs["engine"].pid,
-                  proxy_pid=procs["proxy"].pid, engine_port=settings.VLLM_PORT,
-                  proxy_port=settings.LITELLM_PORT, log_dir=str(logs), started=time.time())
+                  proxy_pid=procs["proxy"].pid, engine_port=engine_ports[0],
+                  proxy_port=settings.LITELLM_PORT, log_dir=str(logs), started=time.time(),
+                  replicas=[[procs[f"engine-{k}"].pid, port]
+                            for k, port in enumerate(engine_ports[1:], 2)])
     stack_file().parent.mkdir(parents=True, exist_ok=True)
     stack_file().write_text(json.dumps(asdict(stack)) + "\n")
-    print(f"logs: {logs}/engine.log, {logs}/proxy.log", file=sys.stderr, flush=True)
+    print(f"logs: {', '.join(f'{logs}/{name}.log' for name in procs)}", file=sys.stderr,
+          flush=True)
     return stack, procs
 
 
@@ -320,7 +347,9 @@ def print_ready(resolved: Resolved, stack: Stack) -> None:
     base = f"http://127.0.0.1:{stack.proxy_port}"
     print(f"ready: {resolved.name} (model ids: {', '.join(resolved.model_names)})")
     print(f"  proxy (OpenAI + Anthropic API): {base}/v1    key: {key_hint}")
-    print(f"  engine (internal):              http://127.0.0.1:{stack.engine_port}")
+    for name, _, port in stack.services():
+        if name != "proxy":
+            print(f"  {name + ' (internal):':<32}http://127.0.0.1:{port}")
     print(f"  logs:                           {stack.log_dir}")
     print("try:")
     print(f"  curl {base}/v1/chat/completions -H 'Authorization: Bearer {key_hint}' "
@@ -346,27 +375,28 @@ def process_env(pid: int, name: str) -> Optional[str]:
 
 
 def restart(stack: Stack, name: str, project: Project) -> Stack:
-    """Start the dead service again on its port, with the key its partner holds."""
+    """Start the dead service again on its port, with the key the others hold."""
     resolved = resolve(project, stack.model)
     logs = Path(stack.log_dir)
-    dead, partner = ((stack.engine_pid, stack.proxy_pid) if name == "engine"
-                     else (stack.proxy_pid, stack.engine_pid))
+    ports = {service: (pid, port) for service, pid, port in stack.services()}
+    dead, port = ports[name]
     _signal_group(dead, signal.SIGKILL)  # its workers (vLLM's engine core) must not linger
     _reap()
-    key = process_env(partner, "VLLM_API_KEY") or engine.internal_api_key(resolved)
+    keys = (process_env(pid, "VLLM_API_KEY") for service, (pid, _) in ports.items()
+            if service != name)
+    key = next((k for k in keys if k), None) or engine.internal_api_key(resolved)
     with open(logs / f"{name}.log", "a") as handle:
         handle.write(f"=== supervisor: the {name} exited; restarting it ===\n")
-    if name == "engine":
+    if name == "proxy":
+        proc = proxy_process(resolved, logs.parent / "generated_configs", key, logs, port)
+    else:
         from .prepare_model import weights_dir
 
         weights = weights_dir() if resolved.model.local_weights else None
+        replica = 1 if name == "engine" else int(name.split("-")[1])
         proc = engine_process(resolved, bootstrap.ensure_env("engine"), weights, key, logs,
-                              stack.engine_port)
-        stack.engine_pid = proc.pid
-    else:
-        proc = proxy_process(resolved, logs.parent / "generated_configs", key, logs,
-                             stack.proxy_port)
-        stack.proxy_pid = proc.pid
+                              port, replica=replica)
+    stack.set_pid(name, proc.pid)
     stack_file().write_text(json.dumps(asdict(stack)) + "\n")
     return stack
 
@@ -386,7 +416,7 @@ def supervise(stack: Stack, project: Optional[Project] = None, foreground: bool 
     if foreground:
         print("serving in the foreground (a service that dies is restarted); Ctrl-C stops "
               "everything", flush=True)
-    restarts: dict[str, list[float]] = {"engine": [], "proxy": []}
+    restarts: dict[str, list[float]] = {name: [] for name, _, _ in stack.services()}
     code = 0
     while stopping["signal"] is None:
         # `switch` and restarts replace processes and record them in the stack file: follow it.
@@ -395,11 +425,11 @@ def supervise(stack: Stack, project: Optional[Project] = None, foreground: bool 
             return 0
         stack = current
         _reap()
-        for name, pid in (("engine", stack.engine_pid), ("proxy", stack.proxy_pid)):
+        for name, pid, _ in stack.services():
             if alive(pid):
                 continue
             now = time.monotonic()
-            restarts[name] = [t for t in restarts[name] if now - t < RESTART_WINDOW_S] + [now]
+            restarts[name] = [t for t in restarts.get(name, []) if now - t < RESTART_WINDOW_S] + [now]
             if len(restarts[name]) > RESTART_LIMIT:
                 print(f"the {name} died {RESTART_LIMIT + 1} times in {RESTART_WINDOW_S:.0f}s; "
                       f"stopping the stack. Last lines of its log:\n"

@@ -68,22 +68,24 @@ def status_lines() -> list[str]:
     stack = read_stack()
     if stack is None:
         return []
-    engine_up = alive(stack.engine_pid) and http_ok(f"http://127.0.0.1:{stack.engine_port}/health")
-    proxy_up = alive(stack.proxy_pid) and http_ok(
-        f"http://127.0.0.1:{stack.proxy_port}/health/liveliness")
     lines = [
         "mode:     local",
         f"model:    {stack.model}",
         f"uptime:   {_uptime(time.time() - stack.started)}",
-        f"engine:   {'healthy' if engine_up else 'DOWN'}  pid {stack.engine_pid}  "
-        f"http://127.0.0.1:{stack.engine_port}",
-        f"proxy:    {'healthy' if proxy_up else 'DOWN'}  pid {stack.proxy_pid}  "
-        f"http://127.0.0.1:{stack.proxy_port}",
     ]
-    metrics = engine_metrics(stack.engine_port) if engine_up else {}
+    load: dict[str, float] = {}
+    for name, pid, port in stack.services():
+        path = "/health/liveliness" if name == "proxy" else "/health"
+        up = alive(pid) and http_ok(f"http://127.0.0.1:{port}{path}")
+        lines.append(f"{name + ':':<10}{'healthy' if up else 'DOWN'}  pid {pid}  "
+                     f"http://127.0.0.1:{port}")
+        if up and name != "proxy":  # summed over the replicas
+            for metric, value in engine_metrics(port).items():
+                load[metric] = load.get(metric, 0.0) + value
+    engines = len(stack.replicas) + 1
     for name, label in ENGINE_METRICS.items():
-        if name in metrics:
-            value = metrics[name]
+        if name in load:
+            value = load[name] / engines if name.endswith("_perc") else load[name]
             shown = f"{value * 100:.1f}%" if name.endswith("_perc") else f"{value:.0f}"
             lines.append(f"{label + ':':<18}{shown}")
     recent = recent_requests()
@@ -110,7 +112,8 @@ def logs(service: Optional[str], follow: bool, compose: list[str]) -> int:
     if stack is not None:
         if service == "db":
             raise UserError("local mode has no database service (usage goes to SQLite)", 2)
-        names = [service] if service else ["engine", "proxy"]
+        names = [name for name, _, _ in stack.services()
+                 if service is None or name == service or name.startswith(f"{service}-")]
         paths = [str(Path(stack.log_dir) / f"{name}.log") for name in names]
         argv = ["tail", "-n", "100", *(["-F"] if follow else []), *paths]
         os.execvp(argv[0], argv)

@@ -57,6 +57,10 @@ class Resolved:
         return self.model.context_length
 
     @property
+    def replicas(self) -> int:
+        return self.settings.REPLICAS
+
+    @property
     def model_names(self) -> list[str]:
         names = [self.name, SERVED_MODEL_NAME, *self.model.aliases]
         return list(dict.fromkeys(names))
@@ -114,10 +118,9 @@ def _global_layers(project: Project, environ: dict[str, str]) -> _Layers:
     env_known = {k: v for k, v in environ.items() if k in Settings.keys() and v != ""}
     env_settings = config.validate_settings(env_known, "environment")
     secrets = load_secrets(project.secrets_dir)
-    # Global settings: built-in < vars.env < secrets file (for the key) < environment.
+    # Global settings: built-in < vars.env < secrets file (for secret settings) < environment.
     layered = dict(file_known)
-    if "LITELLM_MASTER_KEY" in secrets:
-        layered["LITELLM_MASTER_KEY"] = secrets["LITELLM_MASTER_KEY"]
+    layered.update({name: secrets[name] for name in config.SECRET_SETTINGS if name in secrets})
     layered.update(env_known)
     settings = config.validate_settings(layered, "settings")
     return _Layers(settings, file_known, file_settings, env_known, env_settings, passthrough,

@@ -132,6 +132,10 @@ def switch_local(project: Project, stack: local.Stack, name: str, force: bool) -
     if stack.model == name:
         print(f"{name} is already serving")
         return 0
+    if stack.replicas:
+        raise UserError(f"switch moves one engine, and {stack.model} runs "
+                        f"{len(stack.replicas) + 1} replicas: ./runMe.sh down && "
+                        f"./runMe.sh --local {name} --replicas {len(stack.replicas) + 1}")
     old = resolve(project, stack.model)
     new = resolve(project, name)
     local.require_cpu_model(project, new)
@@ -188,16 +192,18 @@ def _docker(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
 
 
-def compose_engine_model(compose: list[str]) -> Optional[str]:
-    """MODEL of the engine container, or None when it does not exist."""
+def compose_engine_env() -> Optional[dict[str, str]]:
+    """The engine container's environment, or None when it does not exist."""
     out = _docker(["docker", "inspect", "--format", "{{range .Config.Env}}{{println .}}{{end}}",
                    ENGINE_CONTAINER])
     if out.returncode != 0:
         return None
-    for line in out.stdout.splitlines():
-        if line.startswith("MODEL="):
-            return line.split("=", 1)[1]
-    return None
+    return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+
+
+def compose_engine_model(compose: list[str]) -> Optional[str]:
+    """MODEL of the engine container, or None when it does not exist."""
+    return (compose_engine_env() or {}).get("MODEL")
 
 
 def recreate_engine(compose: list[str], model: str) -> None:
@@ -228,10 +234,15 @@ def wait_container_healthy(deadline_s: float) -> Optional[str]:
 
 
 def switch_compose(project: Project, compose: list[str], name: str, force: bool) -> int:
-    old = compose_engine_model(compose)
+    env = compose_engine_env() or {}
+    old = env.get("MODEL")
     if old == name:
         print(f"{name} is already serving")
         return 0
+    running = int(env.get("REPLICAS") or 1)
+    if running > 1:
+        raise UserError(f"switch moves one engine, and {old} runs {running} replicas: "
+                        f"./runMe.sh down && ./runMe.sh {name} --replicas {running}")
     new: Resolved = resolve(project, name)
     fit.preflight(new, force)
     deadline = float(os.environ.get("MMS_START_TIMEOUT", "1800"))
