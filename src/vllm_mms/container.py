@@ -19,7 +19,7 @@ from pathlib import Path
 from . import engine, replicas
 from .errors import UserError
 from .render import CONFIG_FILE, MODELS_FILE, compose_api_bases, render
-from .resolve import SERVED_MODEL_NAME, Project, resolve
+from .resolve import SERVED_MODEL_NAME, Project, Resolved, resolve
 
 GENERATED_DIR = Path(os.environ.get("MMS_GENERATED_DIR", "/app/generated_configs"))
 ENGINE_KEY_FILE = ".engine_api_key"  # on the tmpfs volume only: gone when the stack stops
@@ -79,7 +79,7 @@ def proxy_entrypoint(project: Project) -> None:
             raise UserError(f"{path} is missing: the engine container has not rendered yet")
     port = os.environ.get("LITELLM_PORT_IN_CONTAINER", "4000")
     env = dict(os.environ)
-    env.update(proxy_environment(resolved.settings.LITELLM_MASTER_KEY, key_path.read_text(),
+    env.update(proxy_environment(resolved, key_path.read_text(),
                                  GENERATED_DIR / MODELS_FILE))
     env["USAGE_RETENTION_DAYS"] = str(resolved.settings.USAGE_RETENTION_DAYS)
     migrate_store()
@@ -102,17 +102,20 @@ def migrate_store() -> None:
               "usage rows will wait in memory", file=sys.stderr, flush=True)
 
 
-def proxy_environment(master_key: str, engine_key: str, models_file: Path) -> dict[str, str]:
+def proxy_environment(resolved: Resolved, engine_key: str, models_file: Path) -> dict[str, str]:
     """What the LiteLLM process needs. DATABASE_URL is deliberately never set: it would make
     LiteLLM start its Prisma layer, which downloads engines and cannot run offline."""
-    return {
-        "LITELLM_MASTER_KEY": master_key,
+    env = {
+        "LITELLM_MASTER_KEY": resolved.settings.LITELLM_MASTER_KEY,
         "VLLM_API_KEY": engine_key,
         "MMS_MODELS_FILE": str(models_file),
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",   # no internet lookup at start
         "LITELLM_TELEMETRY": "False",
         "LITELLM_LOG": os.environ.get("LITELLM_LOG", "INFO"),
     }
+    if resolved.settings.PROXY_REDIS_URL:  # the config names it as os.environ/PROXY_REDIS_URL
+        env["PROXY_REDIS_URL"] = resolved.settings.PROXY_REDIS_URL
+    return env
 
 
 def healthcheck() -> int:

@@ -294,7 +294,7 @@ def spawn(label: str, argv: list[str], env: dict[str, str], logs: Path) -> subpr
 def proxy_process(resolved: Resolved, generated: Path, engine_key: str, logs: Path,
                   port: int, extra_env: Optional[dict[str, str]] = None) -> subprocess.Popen:
     """LiteLLM from this (tools) environment behind our route gate, hooks importable."""
-    env = {**os.environ, **proxy_environment(resolved.settings.LITELLM_MASTER_KEY, engine_key,
+    env = {**os.environ, **proxy_environment(resolved, engine_key,
                                              generated / MODELS_FILE), **(extra_env or {})}
     env["PYTHONPATH"] = str(paths.ROOT / "src")
     env.setdefault("USAGE_RETENTION_DAYS", str(resolved.settings.USAGE_RETENTION_DAYS))

@@ -71,7 +71,8 @@ class Stack:
 
 
 def start_stack(base: Path, model: str = "smollm2-135m-cpu",
-                extra_models: dict[str, str] | None = None) -> Stack:
+                extra_models: dict[str, str] | None = None,
+                extra_env: dict[str, str] | None = None) -> Stack:
     """./runMe.sh --local -d on free ports, in its own state directory and project copy."""
     project = copy_project(base / "project")
     for name, text in (extra_models or {}).items():
@@ -83,7 +84,8 @@ def start_stack(base: Path, model: str = "smollm2-135m-cpu",
     env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
     env.update({"HOME": str(base / "home"), "MMS_CACHE_DIR": str(REAL_CACHE),
                 "MMS_STATE_DIR": str(base / "state"), "MMS_PROJECT_DIR": str(project),
-                "LITELLM_PORT": str(proxy_port), "VLLM_PORT": str(engine_port)})
+                "LITELLM_PORT": str(proxy_port), "VLLM_PORT": str(engine_port),
+                **(extra_env or {})})
     started = time.monotonic()
     proc = subprocess.run([str(ROOT / "runMe.sh"), "--local", model, "-d"], env=env,
                           capture_output=True, text=True, timeout=900)
@@ -137,14 +139,14 @@ def recording_proxy_factory(tmp_path_factory):
     """Start a real LiteLLM proxy (our config + hooks) in front of a recording upstream."""
     started: list[tuple[subprocess.Popen, RecordingUpstream]] = []
 
-    def start(litellm_section: str, vars_env: str = "",
-              env: dict[str, str] | None = None) -> RecordingProxy:
+    def start(litellm_section: str, vars_env: str = "", env: dict[str, str] | None = None,
+              master_key: str = MASTER_KEY) -> RecordingProxy:
         base = tmp_path_factory.mktemp("recording")
         project = copy_project(base / "project")
         (project / "models" / "recorder.yml").write_text(RECORDING_MODEL % litellm_section)
         (project / "vars.env").write_text(vars_env)
         upstream = RecordingUpstream().__enter__()
-        resolved = resolve(Project(project), "recorder", environ={"LITELLM_MASTER_KEY": MASTER_KEY})
+        resolved = resolve(Project(project), "recorder", environ={"LITELLM_MASTER_KEY": master_key})
         generated = base / "generated"
         render(Project(project), resolved, generated,
                api_base=f"http://127.0.0.1:{upstream.port}/v1")
@@ -153,7 +155,7 @@ def recording_proxy_factory(tmp_path_factory):
         proc = local.proxy_process(resolved, generated, "sk-upstream-key", base / "logs", port, env)
         started.append((proc, upstream))
         wait_for(f"http://127.0.0.1:{port}/health/liveliness", 120, proc)
-        return RecordingProxy(f"http://127.0.0.1:{port}", upstream, MASTER_KEY,
+        return RecordingProxy(f"http://127.0.0.1:{port}", upstream, master_key,
                               base / "logs" / "proxy.log", proc)
 
     yield start
