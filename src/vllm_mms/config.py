@@ -221,10 +221,23 @@ class Settings(Strict):
         description="Compose: GPU ids per replica, space-separated, e.g. `0 1` (or `0,1 2,3` "
                     "with tensor parallel 2). Empty: the replicas share the GPUs and split "
                     "--gpu-memory-utilization.")
+    CLUSTER_NODES: Annotated[int, Field(ge=2, le=64)] = Field(
+        2, description="`./runMe.sh cluster`: nodes in the Ray cluster (the head counts).")
+    CLUSTER_GPUS_PER_NODE: Annotated[int, Field(ge=1, le=16)] = Field(
+        1, description="GPUs each node gives the engine (a DGX Spark has 1).")
+    CLUSTER_PARALLEL: Literal["tensor", "pipeline"] = Field(
+        "tensor", description="How the engine spans the nodes: `tensor` (tensor parallel size "
+                              "= all GPUs, as in NVIDIA's two-Spark setup) or `pipeline` "
+                              "(tensor parallel within a node, pipeline stages across nodes).")
+    CLUSTER_HEAD_IP: Optional[str] = Field(
+        None, pattern=r"^[0-9A-Za-z.:-]+$",
+        description="The head node's address on the cluster link (workers join it).")
+    CLUSTER_RAY_PORT: Annotated[int, Field(gt=0, lt=65536)] = Field(
+        6379, description="The Ray head's port (GCS) on CLUSTER_HEAD_IP.")
     PROXY_REDIS_URL: Optional[str] = Field(
         None, pattern=r"^rediss?://\S+$",
         description="Several proxies share per-key rate limits and parallel-request counts "
-                    "(and the router's cooldowns) through this Redis, e.g. "
+                    "through this Redis, e.g. "
                     "redis://127.0.0.1:6379/0. A URL with a password belongs in "
                     "secrets/PROXY_REDIS_URL.")
     LITELLM_PORT: Annotated[int, Field(gt=0, lt=65536)] = Field(

@@ -16,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from . import engine, replicas
+from . import cluster, engine, replicas
 from .errors import UserError
 from .render import CONFIG_FILE, MODELS_FILE, compose_api_bases, render
 from .resolve import SERVED_MODEL_NAME, Project, Resolved, resolve
@@ -34,6 +34,9 @@ def _model_name() -> str:
 
 def engine_entrypoint(project: Project) -> None:
     resolved = resolve(project, _model_name())
+    role = os.environ.get("CLUSTER_ROLE", "")
+    if role == "worker":  # a Ray worker node (./runMe.sh cluster worker): no config, no key
+        cluster.worker_entrypoint(resolved)
     replica = int(os.environ.get("MMS_REPLICA", "1"))
     key_path = GENERATED_DIR / ENGINE_KEY_FILE
     if replica == 1:
@@ -52,6 +55,8 @@ def engine_entrypoint(project: Project) -> None:
         key = resolved.secrets.get("VLLM_API_KEY") or wait_for_key(key_path)
         print(f"[entrypoint] model {resolved.name}: replica {replica} of {resolved.replicas}",
               flush=True)
+    if role == "head":  # the Ray head node (./runMe.sh cluster head) serves for the cluster
+        cluster.head_entrypoint(resolved, key)
     port = int(os.environ.get("MMS_ENGINE_PORT", "8000"))
     argv = engine.engine_argv(resolved, host="0.0.0.0", port=port,
                               sharing=replicas.sharing(resolved))

@@ -396,10 +396,14 @@ def _gib(value: float) -> str:
 
 def check(resolved: Resolved, *, gpu_memory: Optional[float] = None, nodes: int = 1,
           max_model_len: Optional[int] = None, max_num_seqs: Optional[int] = None,
-          utilization: Optional[float] = None, weights: Optional[Path] = None) -> Verdict:
+          utilization: Optional[float] = None, weights: Optional[Path] = None,
+          parallel: Optional[int] = None) -> Verdict:
+    """`parallel`: GPUs the engine spans when that is not its command's (a Ray cluster)."""
     argv = config.parse_command(resolved.model.command)
     shape = model_shape(resolved, argv[2], weights)
     plan = plan_from_command(resolved, max_model_len, max_num_seqs, utilization)
+    if parallel:
+        plan.parallel = parallel
     memory = machine_memory(resolved, gpu_memory, nodes)
     est = estimate(shape, plan, memory)
     per_token = kv_bytes(shape, plan, 1, plan.max_model_len) / plan.max_model_len
@@ -443,9 +447,10 @@ def check(resolved: Resolved, *, gpu_memory: Optional[float] = None, nodes: int 
     return Verdict(True, lines)
 
 
-def preflight(resolved: Resolved, force: bool, weights: Optional[Path] = None) -> None:
+def preflight(resolved: Resolved, force: bool, weights: Optional[Path] = None,
+              nodes: int = 1, parallel: Optional[int] = None) -> None:
     """The check before a start: quiet when it fits, the report and a refusal when not."""
-    verdict = check(resolved, weights=weights)
+    verdict = check(resolved, weights=weights, nodes=nodes, parallel=parallel)
     if verdict.fits:
         return
     report = "\n".join(verdict.lines)

@@ -1,7 +1,7 @@
 """`./runMe.sh test`: install what the tests need (cached), then run pytest.
 
-Installs, each once: the engine environment (vLLM CPU build), the converted model, the
-pinned agent CLIs (npm), and Debian's docker-compose (a real compose parser for the static
+Installs, each once: the engine environment (vLLM CPU build), the cluster environment
+(Ray), the converted model, the pinned agent CLIs (npm), and Debian's docker-compose (a real compose parser for the static
 checks; needs root + apt).
 """
 
@@ -34,13 +34,15 @@ def ensure_docker_compose() -> None:
 
 def run_tests(pytest_args: list[str]) -> int:
     engine_python = bootstrap.ensure_env("engine")
+    cluster_python = bootstrap.ensure_env("cluster")
     ensure_weights(engine_python)
     ensure_docker_compose()
     from .launch import install_clients
 
     install_clients()
     argv = [sys.executable, "-m", "pytest", *pytest_args]
-    env = {**os.environ, "MMS_ENGINE_PYTHON": str(engine_python)}
+    env = {**os.environ, "MMS_ENGINE_PYTHON": str(engine_python),
+           "MMS_CLUSTER_PYTHON": str(cluster_python)}
     os.chdir(paths.ROOT)
     os.execve(sys.executable, argv, env)
     return 0  # not reached

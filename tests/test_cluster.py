@@ -1,0 +1,170 @@
+"""Two nodes on Ray: the exact commands and environment of both roles, the compose files, the
+fit check over both nodes, and the errors. The Ray cluster itself forms for real in
+e2e/test_ray_cluster.py."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from vllm_mms import cluster
+from vllm_mms.errors import UserError
+from vllm_mms.resolve import Project, resolve
+
+from .conftest import ROOT, run_cli
+from .test_switch import calls, fake_docker
+
+HEAD_VARS = """\
+VLLM_HOST_IP=192.168.100.1
+NCCL_SOCKET_IFNAME=enp1s0f1np1
+GLOO_SOCKET_IFNAME=enp1s0f1np1
+NCCL_IB_HCA=rocep1s0f1
+NCCL_IB_DISABLE=0
+"""
+WORKER_VARS = HEAD_VARS.replace("VLLM_HOST_IP=192.168.100.1",
+                                "VLLM_HOST_IP=192.168.100.2\nCLUSTER_HEAD_IP=192.168.100.1")
+
+
+def node(project_dir, vars_env: str, name: str = "glm47-flash", **environ: str):
+    (project_dir / "vars.env").write_text(vars_env)
+    return resolve(Project(project_dir), name, environ=environ)
+
+
+def test_head_and_worker_commands(project_dir):
+    head = node(project_dir, HEAD_VARS)
+    assert cluster.ray_head_argv(head) == [
+        "ray", "start", "--head", "--node-ip-address", "192.168.100.1", "--port", "6379",
+        "--include-dashboard", "false", "--disable-usage-stats"]
+    worker = node(project_dir, WORKER_VARS)
+    assert cluster.ray_worker_argv(worker) == [
+        "ray", "start", "--address", "192.168.100.1:6379", "--node-ip-address", "192.168.100.2",
+        "--disable-usage-stats", "--block"]
+    assert cluster.head_address(head, "head") == "192.168.100.1:6379"
+
+
+def test_network_variables_reach_both_roles_from_vars_env(project_dir):
+    from vllm_mms import engine
+
+    for vars_env, ip in ((HEAD_VARS, "192.168.100.1"), (WORKER_VARS, "192.168.100.2")):
+        env = engine.engine_environment(node(project_dir, vars_env), "sk-x", {})
+        assert {k: env[k] for k in ("VLLM_HOST_IP", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME",
+                                    "NCCL_IB_HCA", "NCCL_IB_DISABLE")} == {
+            "VLLM_HOST_IP": ip, "NCCL_SOCKET_IFNAME": "enp1s0f1np1",
+            "GLOO_SOCKET_IFNAME": "enp1s0f1np1", "NCCL_IB_HCA": "rocep1s0f1",
+            "NCCL_IB_DISABLE": "0"}
+
+
+def test_head_engine_spans_both_nodes_tensor_parallel(project_dir):
+    argv = cluster.engine_argv(node(project_dir, HEAD_VARS, "step-3.5-flash"))
+    assert argv[:3] == ["vllm", "serve", "stepfun-ai/Step-3.5-Flash-FP8"]
+    tail = argv[argv.index("--served-model-name"):]
+    assert tail == ["--served-model-name", "vllm_agent", "--distributed-executor-backend", "ray",
+                    "--tensor-parallel-size", "2", "--pipeline-parallel-size", "1"]
+    # The catalog's own parallel flags are replaced, never doubled.
+    assert argv.count("--tensor-parallel-size") == 1
+    assert argv.count("--distributed-executor-backend") == 1
+
+
+def test_pipeline_mode_keeps_tensor_parallel_inside_a_node(project_dir):
+    resolved = node(project_dir, HEAD_VARS + "CLUSTER_PARALLEL=pipeline\nCLUSTER_GPUS_PER_NODE=4\n"
+                                             "CLUSTER_NODES=2\n")
+    argv = cluster.engine_argv(resolved)
+    assert argv[-6:] == ["--distributed-executor-backend", "ray", "--tensor-parallel-size", "4",
+                         "--pipeline-parallel-size", "2"]
+
+
+@pytest.mark.parametrize("vars_env, role, message", [
+    ("", "head", "VLLM_HOST_IP is not set: put this node's address on the cluster link in "
+                 "vars.env (e.g. VLLM_HOST_IP=192.168.100.1), see MULTINODE.md"),
+    (HEAD_VARS, "worker", "CLUSTER_HEAD_IP is not set: put the head node's address on the "
+                          "cluster link in vars.env (e.g. CLUSTER_HEAD_IP=192.168.100.1), see "
+                          "MULTINODE.md"),
+])
+def test_missing_addresses_are_one_line(project_dir, vars_env, role, message):
+    (project_dir / "vars.env").write_text(vars_env)
+    result = run_cli("cluster", role, "glm47-flash", project=project_dir,
+                     env={"PATH": "/usr/bin:/bin"})
+    assert (result.code, result.err) == (1, f"error: {message}\n")
+
+
+def test_cluster_commands_are_exact(project_dir, tmp_path):
+    bin_dir, state = fake_docker(tmp_path, "glm47-flash")
+    root = str(project_dir)
+    (project_dir / "vars.env").write_text(HEAD_VARS)
+    head = run_cli("cluster", "head", "step-3.5-flash", "-d", project=project_dir,
+                   env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert head.code == 0, head.err
+    files = ["-f", f"{root}/docker-compose.yml", "-f", f"{root}/docker-compose.cluster.yml"]
+    assert head.out == (f"starting the Ray head for step-3.5-flash with: docker compose "
+                        f"{' '.join(files)} up -d\n")
+    (project_dir / "vars.env").write_text(WORKER_VARS)
+    worker = run_cli("cluster", "worker", "step-3.5-flash", project=project_dir,
+                     env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert worker.code == 0, worker.err
+    assert calls(state) == [
+        (["compose", *files, "up", "-d"], "step-3.5-flash"),
+        (["compose", *files, "--profile", "cluster-worker", "up", "--no-deps", "ray-worker"],
+         "step-3.5-flash"),
+    ]
+
+
+def test_fit_counts_both_nodes(project_dir, tmp_path):
+    """step-3.5-flash does not fit one Spark; the head's check counts both."""
+    bin_dir, state = fake_docker(tmp_path, "glm47-flash")
+    (project_dir / "vars.env").write_text(HEAD_VARS + "CLUSTER_NODES=1\n")
+    one = run_cli("cluster", "head", "step-3.5-flash", project=project_dir,
+                  env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert (one.code, one.err) == (1, "error: vars.env: CLUSTER_NODES: Input should be greater "
+                                      "than or equal to 2\n")
+    from vllm_mms import fit
+
+    single = fit.check(node(project_dir, HEAD_VARS, "step-3.5-flash"))
+    double = fit.check(node(project_dir, HEAD_VARS, "step-3.5-flash"), nodes=2, parallel=2)
+    assert (single.fits, double.fits) == (False, True)
+    assert "2 nodes" in double.lines[1]
+
+
+def test_head_waits_for_every_node_then_says_what_is_missing(monkeypatch):
+    answers = iter([(1, 1.0), None, (1, 1.0)])
+    monkeypatch.setattr(cluster, "cluster_size", lambda python, address: next(answers, (1, 1.0)))
+    monkeypatch.setattr(cluster.time, "sleep", lambda s: None)
+    with pytest.raises(UserError) as caught:
+        cluster.wait_for_nodes("python3", "10.0.0.1:6379", 2, 2, deadline_s=0.05)
+    assert caught.value.message == (
+        "the Ray cluster at 10.0.0.1:6379 has 1 node(s), 1 GPU(s) after 0s; it needs 2 node(s) "
+        "with 2 GPU(s): start the worker (./runMe.sh cluster worker) on each other node, check "
+        "VLLM_HOST_IP / CLUSTER_HEAD_IP and that the nodes reach each other (MULTINODE.md)")
+    monkeypatch.setattr(cluster, "cluster_size", lambda python, address: (2, 2.0))
+    assert cluster.wait_for_nodes("python3", "10.0.0.1:6379", 2, 2, deadline_s=5) < 1
+
+
+def test_cluster_compose_files_parse_for_both_roles():
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        if os.environ.get("CI"):
+            pytest.fail("docker-compose is not installed (./runMe.sh test installs it)")
+        pytest.skip("docker-compose is not installed here")
+    env = {k: v for k, v in os.environ.items() if k != "MODEL"}
+    env["MODEL"] = "step-3.5-flash"
+    proc = subprocess.run([tool, "-f", "docker-compose.yml", "-f", "docker-compose.cluster.yml",
+                           "--profile", "cluster-worker", "config"], capture_output=True,
+                          text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    head, worker, proxy = services["vllm-node"], services["ray-worker"], services["litellm"]
+    assert (head["network_mode"], worker["network_mode"]) == ("host", "host")
+    assert head["environment"]["CLUSTER_ROLE"] == "head"
+    assert worker["environment"] == {"MODEL": "step-3.5-flash", "CLUSTER_ROLE": "worker",
+                                     "HF_HOME": "/root/.cache/huggingface"}
+    assert worker["image"] == head["image"]
+    assert worker["deploy"] == head["deploy"]          # the GPUs, like the head's engine
+    assert proxy["extra_hosts"] == {"vllm-node": "host-gateway"}
+    assert worker.get("ports", []) == []
+    assert proxy["ports"] == ["127.0.0.1:4000:4000/tcp"]   # the proxy stays on loopback
+    # secrets reach the worker as files, never through the compose environment
+    assert all("TOKEN" not in k for k in worker["environment"])
+    assert ROOT.joinpath("MULTINODE.md").is_file()
