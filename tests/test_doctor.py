@@ -88,3 +88,20 @@ def test_memory_fit_of_the_model_that_starts_next(project_dir, tmp_path):
                                 "the changes that would fit")
     result = run_cli("doctor", project=project_dir, env={**env, "MODEL": "qwen3-next-coder"})
     assert "ok    memory fit: qwen3-next-coder: fits (" in result.out
+
+
+def test_shared_limits_redis_is_checked_without_showing_its_url(project_dir, tmp_path):
+    from vllm_mms.local import free_port
+
+    port = free_port()
+    (project_dir / "secrets" / "PROXY_REDIS_URL").write_text(
+        f"redis://:pw-canary@127.0.0.1:{port}/0\n")
+    result = run_cli("doctor", project=project_dir,
+                     env={"MMS_STATE_DIR": str(tmp_path / "state"), "PATH": NO_DOCKER_PATH,
+                          "MMS_DATABASE_URL": f"sqlite:///{tmp_path / 'u.db'}"})
+    lines = result.out.splitlines()
+    index = lines.index(f"warn  shared limits (Redis): 127.0.0.1:{port} unreachable "
+                        "(ConnectionError); each proxy counts its own limits until it is back")
+    assert lines[index + 1] == ("      fix: start Redis or fix PROXY_REDIS_URL "
+                                "(secrets/PROXY_REDIS_URL)")
+    assert "pw-canary" not in result.out + result.err

@@ -191,6 +191,29 @@ def check_database() -> Check:
                      "check MMS_DATABASE_URL, or that the compose database is healthy")
 
 
+def check_redis(project: Project) -> Optional[Check]:
+    """Only when PROXY_REDIS_URL is set. Shown as host:port: the URL may hold a password."""
+    import urllib.parse
+
+    try:
+        url = global_settings(project).PROXY_REDIS_URL
+    except UserError:
+        return None  # the settings check reports it
+    if not url:
+        return None
+    parsed = urllib.parse.urlparse(url)
+    where = f"{parsed.hostname}:{parsed.port or 6379}"
+    try:
+        import redis
+
+        redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3).ping()
+    except Exception as exc:  # noqa: BLE001 - any connection or auth error
+        return Check("warn", "shared limits (Redis)", f"{where} unreachable ({type(exc).__name__}); "
+                     "each proxy counts its own limits until it is back",
+                     "start Redis or fix PROXY_REDIS_URL (secrets/PROXY_REDIS_URL)")
+    return Check("ok", "shared limits (Redis)", f"{where} answers")
+
+
 def check_compose(compose: list[str]) -> list[Check]:
     """Services' state and health, the rendered config inside the engine, and the network
     from the proxy container to the engine."""
@@ -242,6 +265,7 @@ def run_doctor(project: Project, local_mode: Optional[bool] = None,
         lambda: check_docker(local_mode), lambda: check_disk(project),
         lambda: check_fit(project, local_mode),
     ]
+    steps.append(lambda: check_redis(project))
     if local_mode:
         steps += [check_local_stack, check_database]
     elif compose:
@@ -252,7 +276,7 @@ def run_doctor(project: Project, local_mode: Optional[bool] = None,
             result = step()
         except Exception as exc:  # noqa: BLE001 - a check must never crash the doctor
             result = Check("fail", getattr(step, "__name__", "check"), f"{type(exc).__name__}: {exc}")
-        for check in result if isinstance(result, list) else [result]:
+        for check in result if isinstance(result, list) else [result] if result else []:
             print(check.line())
             failed += check.status == "fail"
     print(f"{failed} check{'s' if failed != 1 else ''} failed" if failed else "all checks passed")

@@ -14,6 +14,8 @@ import time
 import httpx
 import pytest
 
+from .conftest import free_port
+
 REDIS_URL = os.environ.get("MMS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -93,3 +95,13 @@ def test_parallel_requests_count_across_two_proxies(recording_proxy_factory, red
     assert [chat(p).status_code for p in shared] == [200, 200]
     for proxy in shared:
         proxy.stop()
+
+
+def test_redis_down_each_proxy_keeps_serving_and_counts_alone(recording_proxy_factory):
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    proxy = recording_proxy_factory("  rpm: 4\n", vars_env=f"PROXY_REDIS_URL={dead}\n",
+                                    master_key="sk-shared-" + secrets.token_hex(8))
+    statuses = [chat(proxy).status_code for _ in range(6)]
+    print(f"\n[e2e] rpm 4, Redis unreachable: {statuses}")
+    assert statuses == [200, 200, 200, 200, 429, 429]
+    proxy.stop()
