@@ -57,8 +57,8 @@ def test_fits_with_changes_names_each_change(project_dir):
                      "--gpu-memory-utilization", "0.5", project=project_dir)
     assert result.code == 1
     assert result.out.splitlines()[-2:] == [
-        "verdict: does not fit: weights + overhead + one full sequence need 69.8 GiB, the "
-        "budget is 64.0 GiB",
+        "verdict: does not fit: weights + overhead + one full sequence need 69.77 GiB, the "
+        "budget is 64.00 GiB",
         "  fits with one of these changes: --max-model-len 18432 (or less); "
         "--gpu-memory-utilization 0.55"]
 
@@ -81,6 +81,20 @@ def test_the_cpu_model_fits_here_from_its_own_config_json(project_dir):
     assert lines[5] == ("  KV cache      1.4 GiB  8 sequences x 8192 tokens, 22.5 KiB/token "
                         "(bfloat16)")
     assert lines[-1].startswith("verdict: fits (")
+
+
+def test_the_cpu_engine_needs_its_weights_and_runtime_inside_its_share():
+    """vLLM's CPU worker gives the KV cache its share of the node minus what the process
+    already holds, and refuses to start when nothing is left (as two CPU replicas at 0.05
+    each did): a 1 GiB share cannot hold the runtime, the weights and one sequence."""
+    from vllm_mms import fit
+
+    per_node = fit.meminfo()["MemTotal"] / fit.numa_nodes()
+    share = f"{1.0 * fit.GiB / per_node:.4f}"
+    result = run_cli("fit", "smollm2-135m-cpu", "--gpu-memory-utilization", share)
+    assert result.code == 1, result.out
+    assert result.out.splitlines()[-1].startswith(
+        "verdict: does not fit: weights + overhead + one full sequence need 1.")
 
 
 def test_config_json_in_the_hf_cache_wins_over_the_catalog(project_dir, tmp_path):

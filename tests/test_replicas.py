@@ -268,3 +268,20 @@ def test_bad_redis_url_is_refused(project_dir, tmp_path):
     assert result.code == 1
     assert result.err == ("error: environment: PROXY_REDIS_URL: String should match pattern "
                           "'^rediss?://\\S+$'\n")
+
+
+def test_replicas_sharing_a_gpu_must_each_fit_in_their_share(project_dir, tmp_path):
+    bin_dir, state = fake_docker(tmp_path, "glm47-flash")
+    result = run_cli("glm47-flash", "-d", "--replicas", "4", project=project_dir,
+                     env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert result.code == 1
+    lines = result.err.splitlines()
+    assert lines[0] == "error: glm47-flash does not fit this machine (4 replicas share it):"
+    assert "  budget       25.6 GiB  gpu-memory-utilization 0.2 x 1 GPU(s), 10 GiB kept for " \
+           "the OS" in lines
+    assert calls(state) == []
+    # On their own GPUs, each replica has the whole share again.
+    shutil.copy(ROOT / "docker-compose.yml", project_dir / "docker-compose.yml")
+    ok = run_cli("glm47-flash", "-d", "--replicas", "2", project=project_dir,
+                 env={"PATH": f"{bin_dir}:/usr/bin:/bin", "REPLICA_GPUS": "0 1"})
+    assert ok.code == 0, ok.err

@@ -125,7 +125,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     proj = project()
     name = args.model or os.environ.get("MODEL") or DEFAULT_COMPOSE_MODEL
     resolved = resolve(proj, name)  # fail here, in one line, before Docker is involved
-    fit.preflight(resolved, args.force)
+    fit.preflight(resolved, args.force, sharing=replicas.sharing(resolved))
     files = ["-f", str(proj.root / "docker-compose.yml")]
     if resolved.replicas > 1:
         override = replicas.write_compose_override(

@@ -47,14 +47,20 @@ def engine_argv(resolved: Resolved, *, host: str, port: int, cpu_python: Optiona
     model_id = str(weights) if weights is not None else argv[2]
     rest = strip_flags(argv[3:], DYNAMIC_FLAGS)
     if sharing > 1:
-        utilization = float(flag_value(rest, "--gpu-memory-utilization") or DEFAULT_UTILIZATION)
+        share = shared_utilization(resolved, sharing)
         rest = strip_flags(rest, ("--gpu-memory-utilization",))
-        # Rounded down: the shares must never add up to more than the whole.
-        share = int(utilization / sharing * 1000 + 1e-9) / 1000
         rest += ["--gpu-memory-utilization", f"{share:g}"]
     head = [cpu_python, *CPU_API_SERVER, "--model", model_id] if cpu_python else ["vllm", "serve", model_id]
     return [*head, *rest, "--host", host, "--port", str(port),
             "--served-model-name", SERVED_MODEL_NAME]
+
+
+def shared_utilization(resolved: Resolved, sharing: int) -> float:
+    """Each of `sharing` replicas on one device gets this --gpu-memory-utilization: the
+    model's share split, rounded down (the shares never add up to more than the whole)."""
+    argv = config.parse_command(resolved.model.command)
+    utilization = float(flag_value(argv, "--gpu-memory-utilization") or DEFAULT_UTILIZATION)
+    return int(utilization / sharing * 1000 + 1e-9) / 1000
 
 
 def flag_value(argv: list[str], *names: str) -> Optional[str]:

@@ -247,7 +247,7 @@ def start_local(project: Project, name: str, detach: bool, force: bool = False) 
         from .prepare_model import ensure_weights
 
         weights = ensure_weights(engine_python)
-    fit.preflight(resolved, force, weights)
+    fit.preflight(resolved, force, weights, sharing=resolved.replicas)
 
     state = paths.state_dir()
     logs = state / "logs"
