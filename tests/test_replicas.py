@@ -285,3 +285,40 @@ def test_replicas_sharing_a_gpu_must_each_fit_in_their_share(project_dir, tmp_pa
     ok = run_cli("glm47-flash", "-d", "--replicas", "2", project=project_dir,
                  env={"PATH": f"{bin_dir}:/usr/bin:/bin", "REPLICA_GPUS": "0 1"})
     assert ok.code == 0, ok.err
+
+
+def test_prompt_tokens_are_counted_on_a_live_replica_when_the_first_is_down(monkeypatch):
+    import http.server
+    import json
+    import threading
+
+    from vllm_mms.local import free_port
+    from vllm_mms.proxy_hooks import count_prompt_tokens
+
+    seen = []
+
+    class Tokenizer(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            body = json.dumps({"count": 7}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    monkeypatch.setenv("VLLM_API_KEY", "sk-engine")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Tokenizer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = {"served_model_name": "vllm_agent",
+                    "api_bases": [f"http://127.0.0.1:{free_port()}/v1",
+                                  f"http://127.0.0.1:{server.server_address[1]}/v1"]}
+        data = {"messages": [{"role": "user", "content": "hi"}]}
+        assert asyncio.run(count_prompt_tokens(data, settings)) == 7
+        assert seen[0]["messages"] == data["messages"]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -266,20 +266,23 @@ def _chat_form(data: dict[str, Any]) -> Optional[dict[str, Any]]:
 async def count_prompt_tokens(data: dict[str, Any], settings: dict[str, Any]) -> Optional[int]:
     """The prompt's size by the engine's own tokenizer and chat template (vLLM's /tokenize);
     if the engine cannot render the messages, the size of their text; None if both fail."""
-    base = str(settings.get("api_base", "")).rstrip("/").removesuffix("/v1")
+    # Any replica will do (the same tokenizer); one that is down is skipped.
+    bases = [str(b).rstrip("/").removesuffix("/v1")
+             for b in settings.get("api_bases") or [settings.get("api_base", "")]]
     headers = {"Authorization": f"Bearer {os.environ.get('VLLM_API_KEY', '')}"}
     model = settings.get("served_model_name")
     attempts = [form for form in (_chat_form(data),) if form is not None]
     attempts.append({"prompt": _prompt_text(data)})
     async with httpx.AsyncClient(timeout=5) as client:
         for form in attempts:
-            try:
-                response = await client.post(f"{base}/tokenize", headers=headers,
-                                             json={"model": model, **form})
-                response.raise_for_status()
-                return int(response.json()["count"])
-            except (httpx.HTTPError, KeyError, ValueError, TypeError):
-                continue
+            for base in bases:
+                try:
+                    response = await client.post(f"{base}/tokenize", headers=headers,
+                                                 json={"model": model, **form})
+                    response.raise_for_status()
+                    return int(response.json()["count"])
+                except (httpx.HTTPError, KeyError, ValueError, TypeError):
+                    continue
     log.warning("could not count prompt tokens with the engine; using an estimate")
     return None
 

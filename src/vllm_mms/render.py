@@ -14,6 +14,8 @@ from .errors import UserError
 from .resolve import SERVED_MODEL_NAME, Project, Resolved
 
 COMPOSE_API_BASE = "http://vllm-node:8000/v1"
+MODELS_FILE = "models.yml"
+CONFIG_FILE = "config.yaml"
 ApiBases = Union[str, Sequence[str]]  # one engine, or one base URL per replica
 
 
@@ -56,8 +58,6 @@ def effective_retries(resolved: Resolved, replicas: int) -> int:
     picks again, a replica in cooldown excluded), so a dying replica costs no client error."""
     retries = int(resolved.limits["num_retries"] or 0)
     return max(retries, 1) if replicas > 1 else retries
-MODELS_FILE = "models.yml"
-CONFIG_FILE = "config.yaml"
 
 
 def max_output_tokens(resolved: Resolved) -> Optional[int]:

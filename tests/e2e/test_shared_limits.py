@@ -105,3 +105,4 @@ def test_redis_down_each_proxy_keeps_serving_and_counts_alone(recording_proxy_fa
     print(f"\n[e2e] rpm 4, Redis unreachable: {statuses}")
     assert statuses == [200, 200, 200, 200, 429, 429]
     proxy.stop()
+
