@@ -322,3 +322,20 @@ def test_prompt_tokens_are_counted_on_a_live_replica_when_the_first_is_down(monk
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_switch_refuses_a_stack_with_replicas(project_dir, tmp_path):
+    import json
+
+    state = tmp_path / "state"
+    state.mkdir()
+    alive = os.getpid()  # this test process stands in for the running services
+    (state / "stack.json").write_text(json.dumps({
+        "model": "smollm2-135m-cpu", "engine_pid": alive, "proxy_pid": alive,
+        "engine_port": 1, "proxy_port": 2, "log_dir": str(state / "logs"), "started": 0.0,
+        "replicas": [[alive, 3]]}))
+    result = run_cli("switch", "glm47-flash", project=project_dir,
+                     env={"MMS_STATE_DIR": str(state)})
+    assert (result.code, result.err) == (1, (
+        "error: switch moves one engine, and smollm2-135m-cpu runs 2 replicas: ./runMe.sh down "
+        "&& ./runMe.sh --local glm47-flash --replicas 2\n"))

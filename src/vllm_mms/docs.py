@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from .config import LitellmSection, ModelFile, Settings
+from .config import LitellmSection, ModelFile, Routing, Settings
 
 SCHEMA_FILE = "docs/model-file.schema.json"
 
@@ -50,8 +50,12 @@ def model_schema() -> dict[str, Any]:
 
 def _type_name(annotation: Any) -> str:
     text = str(annotation)
-    if "LitellmSection" in text:
+    if "LitellmSection" in text or "Routing" in text:
         return "mapping (see below)"
+    if "Fallback" in text:
+        return "list of `{model: NAME, api_base: URL}`"
+    if "list[" in text and "int" in text:
+        return "list of integers"
     if "EnforcedStop" in text:
         return "list of strings, or `{value: [...], enforce: true}`"
     if text.startswith("list"):
@@ -100,7 +104,8 @@ def configuration_markdown() -> str:
         "Settings are layered, lowest to highest: built-in defaults < `vars.env` < "
         "`models/MODEL.yml` < the same variable set in the environment "
         "(`LITELLM_TEMPERATURE=0.2 ./runMe.sh --local`). Secrets come from `secrets/NAME` "
-        "files (one per variable); `secrets/LITELLM_MASTER_KEY` beats `vars.env`.",
+        "files (one per variable); `secrets/LITELLM_MASTER_KEY` and `secrets/PROXY_REDIS_URL` "
+        "beat `vars.env`.",
         "",
         "## vars.env",
         "",
@@ -126,6 +131,14 @@ def configuration_markdown() -> str:
         "the context after the prompt.",
         "",
         *_table(LitellmSection, "field"),
+        "",
+        "### `litellm.routing` section",
+        "",
+        "Used with replicas (`REPLICAS`, `--replicas N`): one LiteLLM deployment per engine "
+        "replica under each model id, spread by LiteLLM's router. With more than one replica "
+        "a failed request is retried once on another (`num_retries` at least 1).",
+        "",
+        *_table(Routing, "field"),
         "",
         "## Environment variables of the tools",
         "",
