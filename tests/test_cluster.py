@@ -168,3 +168,70 @@ def test_cluster_compose_files_parse_for_both_roles():
     # secrets reach the worker as files, never through the compose environment
     assert all("TOKEN" not in k for k in worker["environment"])
     assert ROOT.joinpath("MULTINODE.md").is_file()
+
+
+# ----------------------------------------------------------------------------- entrypoints
+
+CLUSTER_SIZE = """#!/bin/sh
+# Stands in for python3 running cluster.NODES_SCRIPT: two nodes, two GPUs.
+echo "2 2.0"
+"""
+
+
+def test_head_entrypoint_starts_ray_waits_for_the_nodes_then_execs_vllm_on_ray(project_dir,
+                                                                               tmp_path):
+    import json
+    import stat
+
+    from .test_container import run_entrypoint, stand_in
+
+    (project_dir / "vars.env").write_text(HEAD_VARS)
+    (project_dir / "secrets" / "HF_TOKEN").write_text("hf_canary_head\n")
+    bin_dir = tmp_path / "bin"
+    stand_in(bin_dir, "ray", tmp_path / "ray.json")
+    stand_in(bin_dir, "vllm", tmp_path / "vllm.json")
+    size = bin_dir / "python3"
+    size.write_text(CLUSTER_SIZE)
+    size.chmod(size.stat().st_mode | stat.S_IEXEC)
+    proc, out, err = run_entrypoint("entrypoint", project_dir, tmp_path,
+                                    {"MODEL": "step-3.5-flash", "CLUSTER_ROLE": "head"})
+    assert proc.returncode == 0, err
+    ray = json.loads((tmp_path / "ray.json").read_text())
+    assert ray["argv"][1:] == ["start", "--head", "--node-ip-address", "192.168.100.1", "--port",
+                               "6379", "--include-dashboard", "false", "--disable-usage-stats"]
+    vllm = json.loads((tmp_path / "vllm.json").read_text())
+    assert vllm["pid"] == proc.pid  # exec'd: vLLM is the container's main process
+    assert vllm["argv"][-8:] == ["--served-model-name", "vllm_agent",
+                                 "--distributed-executor-backend", "ray",
+                                 "--tensor-parallel-size", "2", "--pipeline-parallel-size", "1"]
+    network = {"VLLM_HOST_IP", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "NCCL_IB_HCA",
+               "HF_TOKEN", "VLLM_API_KEY"}
+    assert network <= set(ray["env"]) and network <= set(vllm["env"])
+    # vLLM joins the head's cluster; `ray start --head` must not be pointed at one.
+    assert "RAY_ADDRESS" in vllm["env"] and "RAY_ADDRESS" not in ray["env"]
+    generated = tmp_path / "generated"
+    assert (generated / ".engine_api_key").read_text() == vllm["engine_key"]
+    assert "model_name: \"step-3.5-flash\"" in (generated / "config.yaml").read_text()
+    assert "hf_canary_head" not in out + err
+
+
+def test_worker_entrypoint_joins_the_head_with_the_engine_environment(project_dir, tmp_path):
+    import json
+
+    from .test_container import run_entrypoint, stand_in
+
+    (project_dir / "vars.env").write_text(WORKER_VARS)
+    (project_dir / "secrets" / "HF_TOKEN").write_text("hf_canary_worker\n")
+    stand_in(tmp_path / "bin", "ray", tmp_path / "ray.json")
+    proc, out, err = run_entrypoint("entrypoint", project_dir, tmp_path,
+                                    {"MODEL": "step-3.5-flash", "CLUSTER_ROLE": "worker"})
+    assert proc.returncode == 0, err
+    ray = json.loads((tmp_path / "ray.json").read_text())
+    assert ray["pid"] == proc.pid
+    assert ray["argv"][1:] == ["start", "--address", "192.168.100.1:6379", "--node-ip-address",
+                               "192.168.100.2", "--disable-usage-stats", "--block"]
+    assert {"HF_TOKEN", "VLLM_HOST_IP", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME",
+            "NCCL_IB_HCA"} <= set(ray["env"])
+    assert "VLLM_API_KEY" not in ray["env"]       # the worker serves no HTTP
+    assert not (tmp_path / "generated").exists()  # nor renders anything
+    assert "hf_canary_worker" not in out + err

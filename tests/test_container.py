@@ -17,7 +17,7 @@ from .e2e.upstream import RecordingUpstream
 
 RECORDER = """#!{python}
 import json, os, sys
-names = sorted(k for k in os.environ if k.startswith(("VLLM_", "HF_", "NCCL_", "LITELLM_", "MMS_")))
+names = sorted(k for k in os.environ if k.startswith(("VLLM_", "HF_", "NCCL_", "LITELLM_", "MMS_", "GLOO_", "RAY_", "CUDA_")))
 json.dump({{"argv": sys.argv, "pid": os.getpid(), "env": names,
            "engine_key": os.environ.get("VLLM_API_KEY"),
            "master_key": os.environ.get("LITELLM_MASTER_KEY"),

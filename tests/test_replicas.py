@@ -339,3 +339,29 @@ def test_switch_refuses_a_stack_with_replicas(project_dir, tmp_path):
     assert (result.code, result.err) == (1, (
         "error: switch moves one engine, and smollm2-135m-cpu runs 2 replicas: ./runMe.sh down "
         "&& ./runMe.sh --local glm47-flash --replicas 2\n"))
+
+
+def test_replica_entrypoint_uses_replica_ones_key_and_its_share(project_dir, tmp_path):
+    import json
+
+    from .test_container import run_entrypoint, stand_in
+
+    stand_in(tmp_path / "bin", "vllm", tmp_path / "one.json")
+    first, _, err = run_entrypoint("entrypoint", project_dir, tmp_path,
+                                   {"MODEL": "glm47-flash", "REPLICAS": "2", "MMS_REPLICA": "1"})
+    assert first.returncode == 0, err
+    config = yaml.safe_load((tmp_path / "generated" / "config.yaml").read_text())
+    assert sorted({m["litellm_params"]["api_base"] for m in config["model_list"]}) == [
+        "http://vllm-node-2:8000/v1", "http://vllm-node:8000/v1"]
+    stand_in(tmp_path / "bin", "vllm", tmp_path / "two.json")
+    before = (tmp_path / "generated" / "config.yaml").stat().st_mtime_ns
+    second, out, err = run_entrypoint("entrypoint", project_dir, tmp_path,
+                                      {"MODEL": "glm47-flash", "REPLICAS": "2",
+                                       "MMS_REPLICA": "2"})
+    assert second.returncode == 0, err
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert two["engine_key"] == one["engine_key"]   # the key the proxy holds
+    assert (tmp_path / "generated" / "config.yaml").stat().st_mtime_ns == before  # not rendered
+    for seen in (one, two):                          # sharing the GPUs: 0.80 split in two
+        assert seen["argv"][seen["argv"].index("--gpu-memory-utilization") + 1] == "0.4"
+    assert "replica 2 of 2" in out
