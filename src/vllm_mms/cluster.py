@@ -127,7 +127,11 @@ def head_entrypoint(resolved: Resolved, key: str) -> None:
     argv = ray_head_argv(resolved)
     env = engine.engine_environment(resolved, key, dict(os.environ))
     print(f"[cluster] {json.dumps(argv)}", flush=True)
-    subprocess.run(argv, env=env, check=True)
+    started = subprocess.run(argv, env=env)
+    if started.returncode != 0:
+        raise UserError(f"'ray start --head' failed (exit {started.returncode}); its reason is "
+                        f"above. Is port {resolved.settings.CLUSTER_RAY_PORT} free on "
+                        f"{host_ip(resolved)} (CLUSTER_RAY_PORT)?")
     tensor, pipeline = parallel_sizes(resolved)
     wait_for_nodes("python3", address, resolved.settings.CLUSTER_NODES, tensor * pipeline,
                    float(os.environ.get("MMS_CLUSTER_TIMEOUT", "1800")))

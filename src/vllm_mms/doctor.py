@@ -18,7 +18,7 @@ import yaml
 
 from . import config
 from .errors import UserError
-from .local import alive, http_ok, read_stack
+from .local import alive, health_url, http_ok, read_stack
 from .resolve import Project, global_settings, resolve
 
 
@@ -112,15 +112,14 @@ def check_local_stack() -> list[Check]:
         return [Check("warn", "local stack", "not running", "./runMe.sh --local")]
     checks = []
     for label, pid, port in stack.services():
-        url = f"http://127.0.0.1:{port}/health" + ("/liveliness" if label == "proxy" else "")
-        log = label
+        url = health_url(label, port)
         if not alive(pid):
             checks.append(Check("fail", label, f"process {pid} is gone",
-                                f"see {stack.log_dir}/{log}.log, then ./runMe.sh down && "
+                                f"see {stack.log_dir}/{label}.log, then ./runMe.sh down && "
                                 "./runMe.sh --local"))
         elif not http_ok(url):
             checks.append(Check("fail", label, f"running but {url} does not answer",
-                                f"see {stack.log_dir}/{log}.log"))
+                                f"see {stack.log_dir}/{label}.log"))
         else:
             checks.append(Check("ok", label, f"healthy at {url.rsplit('/', 1)[0]}"))
     generated = Path(stack.log_dir).parent / "generated_configs" / "config.yaml"
@@ -263,9 +262,8 @@ def run_doctor(project: Project, local_mode: Optional[bool] = None,
     steps: list[Callable[[], object]] = [
         check_python, lambda: check_settings(project), lambda: check_model_files(project),
         lambda: check_docker(local_mode), lambda: check_disk(project),
-        lambda: check_fit(project, local_mode),
+        lambda: check_fit(project, local_mode), lambda: check_redis(project),
     ]
-    steps.append(lambda: check_redis(project))
     if local_mode:
         steps += [check_local_stack, check_database]
     elif compose:

@@ -61,6 +61,12 @@ class Stack:
             self.replicas[int(name.split("-")[1]) - 2][0] = pid
 
 
+def health_url(service: str, port: int) -> str:
+    """What says a service of the stack is up: the proxy's liveliness, an engine's /health."""
+    path = "/health/liveliness" if service == "proxy" else "/health"
+    return f"http://127.0.0.1:{port}{path}"
+
+
 def stack_file() -> Path:
     return paths.state_dir() / "stack.json"
 
@@ -192,8 +198,7 @@ def _progress(label: str) -> Callable[[str], None]:
 
 def wait_healthy(stack: Stack, procs: dict[str, subprocess.Popen], deadline_s: float) -> None:
     logs = Path(stack.log_dir)
-    checks = [(name, f"http://127.0.0.1:{port}/health/liveliness" if name == "proxy"
-               else f"http://127.0.0.1:{port}/health") for name, _, port in stack.services()]
+    checks = [(name, health_url(name, port)) for name, _, port in stack.services()]
     update = _progress("starting")
     deadline = time.monotonic() + deadline_s
     pending = list(checks)

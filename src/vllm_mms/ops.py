@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import UserError
-from .local import alive, http_ok, read_stack
+from .local import alive, health_url, http_ok, read_stack
 
 ENGINE_METRICS = {
     "vllm:num_requests_running": "requests running",
@@ -75,8 +75,7 @@ def status_lines() -> list[str]:
     ]
     load: dict[str, float] = {}
     for name, pid, port in stack.services():
-        path = "/health/liveliness" if name == "proxy" else "/health"
-        up = alive(pid) and http_ok(f"http://127.0.0.1:{port}{path}")
+        up = alive(pid) and http_ok(health_url(name, port))
         lines.append(f"{name + ':':<10}{'healthy' if up else 'DOWN'}  pid {pid}  "
                      f"http://127.0.0.1:{port}")
         if up and name != "proxy":  # summed over the replicas
