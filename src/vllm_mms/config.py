@@ -123,8 +123,8 @@ class LitellmSection(Strict):
     rpm: Optional[Annotated[int, Field(gt=0)]] = Field(
         None, description="Requests per minute per API key; more get 429 with Retry-After.")
     routing: Routing = Field(default_factory=Routing,
-                               description="Replicas: routing strategy, weights, cooldown, "
-                                           "fallbacks.")
+                             description="Replicas: routing strategy, weights, cooldown, "
+                                         "fallbacks.")
 
 
 class Architecture(Strict):
