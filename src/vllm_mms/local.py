@@ -30,6 +30,16 @@ from .resolve import Project, Resolved, resolve
 STOP_GRACE_SECONDS = 15.0
 
 
+def engine_name(replica: int) -> str:
+    """The service (and log) name of engine replica 1, 2, ...: engine, engine-2, ..."""
+    return "engine" if replica == 1 else f"engine-{replica}"
+
+
+def replica_of(name: str) -> int:
+    """The inverse of engine_name."""
+    return 1 if name == "engine" else int(name.split("-")[1])
+
+
 @dataclass
 class Stack:
     model: str
@@ -50,7 +60,7 @@ class Stack:
         """(name, pid, port) of every process: the proxy, engine, engine-2, ..."""
         return [("engine", self.engine_pid, self.engine_port),
                 ("proxy", self.proxy_pid, self.proxy_port),
-                *((f"engine-{k}", pid, port) for k, (pid, port) in enumerate(self.replicas, 2))]
+                *((engine_name(k), pid, port) for k, (pid, port) in enumerate(self.replicas, 2))]
 
     def set_pid(self, name: str, pid: int) -> None:
         if name == "engine":
@@ -58,7 +68,7 @@ class Stack:
         elif name == "proxy":
             self.proxy_pid = pid
         else:
-            self.replicas[int(name.split("-")[1]) - 2][0] = pid
+            self.replicas[replica_of(name) - 2][0] = pid
 
 
 def health_url(service: str, port: int) -> str:
@@ -312,7 +322,7 @@ def engine_process(resolved: Resolved, engine_python: Path, weights: Optional[Pa
                    engine_key: str, logs: Path, port: int, replica: int = 1) -> subprocess.Popen:
     """Engine replica `replica` of resolved.replicas; its log is engine.log (replica 1) or
     engine-K.log. Replicas split the memory share and the cores between them."""
-    label = "engine" if replica == 1 else f"engine-{replica}"
+    label = engine_name(replica)
     base_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     base_env.update({"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"})
     env = engine.engine_environment(resolved, engine_key, base_env)
@@ -330,14 +340,14 @@ def launch(resolved: Resolved, engine_python: Path, weights: Optional[Path], gen
            logs: Path, engine_ports: list[int]) -> tuple[Stack, dict[str, subprocess.Popen]]:
     settings = resolved.settings
     key = engine.internal_api_key(resolved)
-    procs = {("engine" if k == 1 else f"engine-{k}"):
+    procs = {engine_name(k):
              engine_process(resolved, engine_python, weights, key, logs, port, replica=k)
              for k, port in enumerate(engine_ports, 1)}
     procs["proxy"] = proxy_process(resolved, generated, key, logs, settings.LITELLM_PORT)
     stack = Stack(model=resolved.name, engine_pid=procs["engine"].pid,
                   proxy_pid=procs["proxy"].pid, engine_port=engine_ports[0],
                   proxy_port=settings.LITELLM_PORT, log_dir=str(logs), started=time.time(),
-                  replicas=[[procs[f"engine-{k}"].pid, port]
+                  replicas=[[procs[engine_name(k)].pid, port]
                             for k, port in enumerate(engine_ports[1:], 2)])
     stack_file().parent.mkdir(parents=True, exist_ok=True)
     stack_file().write_text(json.dumps(asdict(stack)) + "\n")
@@ -398,9 +408,8 @@ def restart(stack: Stack, name: str, project: Project) -> Stack:
         from .prepare_model import weights_dir
 
         weights = weights_dir() if resolved.model.local_weights else None
-        replica = 1 if name == "engine" else int(name.split("-")[1])
         proc = engine_process(resolved, bootstrap.ensure_env("engine"), weights, key, logs,
-                              port, replica=replica)
+                              port, replica=replica_of(name))
     stack.set_pid(name, proc.pid)
     stack_file().write_text(json.dumps(asdict(stack)) + "\n")
     return stack

@@ -12,7 +12,7 @@ import re
 import time
 import urllib.request
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 from .errors import UserError
 from .local import alive, health_url, http_ok, read_stack
@@ -25,17 +25,19 @@ ENGINE_METRICS = {
 SERVICES = {"engine": "vllm-node", "proxy": "litellm", "db": "litellm_db"}
 
 
-def engine_metrics(port: int) -> dict[str, float]:
-    """Sum of each metric over its label sets, from the engine's /metrics (open, no key)."""
+def engine_metrics(port: int, names: Iterable[str] = ENGINE_METRICS) -> Optional[dict[str, float]]:
+    """Sum of each metric in `names` over its label sets, from the engine's /metrics (open,
+    no key); None when the engine does not answer."""
+    wanted = set(names)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
             text = response.read().decode("utf-8", "replace")
     except OSError:
-        return {}
+        return None
     values: dict[str, float] = {}
     for line in text.splitlines():
         match = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{[^}]*\})?\s+([-+0-9.eE]+|NaN)$", line)
-        if match and match.group(1) in ENGINE_METRICS:
+        if match and match.group(1) in wanted:
             values[match.group(1)] = values.get(match.group(1), 0.0) + float(match.group(2))
     return values
 
@@ -79,7 +81,7 @@ def status_lines() -> list[str]:
         lines.append(f"{name + ':':<10}{'healthy' if up else 'DOWN'}  pid {pid}  "
                      f"http://127.0.0.1:{port}")
         if up and name != "proxy":  # summed over the replicas
-            for metric, value in engine_metrics(port).items():
+            for metric, value in (engine_metrics(port) or {}).items():
                 load[metric] = load.get(metric, 0.0) + value
     engines = len(stack.replicas) + 1
     for name, label in ENGINE_METRICS.items():

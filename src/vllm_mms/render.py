@@ -41,16 +41,18 @@ def deployments(resolved: Resolved, api_base: ApiBases) -> list[dict[str, Any]]:
 
 def fallbacks(project: Project, resolved: Resolved) -> list[dict[str, str]]:
     """The fallback models, each checked to be another catalog model."""
-    found = []
-    for fallback in resolved.model.litellm.routing.fallbacks:
-        label = f"models/{resolved.name}.yml: litellm.routing.fallbacks"
+    wanted = resolved.model.litellm.routing.fallbacks
+    if not wanted:
+        return []
+    label = f"models/{resolved.name}.yml: litellm.routing.fallbacks"
+    catalog = config.available_models(project.models_dir)
+    for fallback in wanted:
         if fallback.model == resolved.name or fallback.model in resolved.model_names:
             raise UserError(f"{label}: {fallback.model} is this model itself")
-        if fallback.model not in config.available_models(project.models_dir):
+        if fallback.model not in catalog:
             raise UserError(f"{label}: {fallback.model} is not a catalog model (models/"
                             f"{fallback.model}.yml does not exist)")
-        found.append({"model": fallback.model, "api_base": fallback.api_base})
-    return found
+    return [{"model": f.model, "api_base": f.api_base} for f in wanted]
 
 
 def effective_retries(resolved: Resolved, replicas: int) -> int:

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
-from . import engine
+from . import config, engine
 from .errors import UserError
 from .resolve import Resolved
 
@@ -35,7 +35,7 @@ def gpu_groups(resolved: Resolved) -> Optional[list[str]]:
         raise UserError(f"REPLICA_GPUS={spec!r} names {len(groups)} GPU group(s) for "
                         f"{resolved.replicas} replica(s); give one group per replica, e.g. "
                         f"REPLICA_GPUS=\"{' '.join(str(i) for i in range(resolved.replicas))}\"")
-    per_engine = engine.gpu_count(engine.engine_argv(resolved, host="0.0.0.0", port=8000))
+    per_engine = engine.gpu_count(config.parse_command(resolved.model.command))
     for group in groups:
         if len(group.split(",")) != per_engine:
             raise UserError(f"REPLICA_GPUS={spec!r}: group {group!r} has "

@@ -61,7 +61,7 @@ def engine_load(port: int) -> Optional[float]:
     from .ops import engine_metrics
 
     metrics = engine_metrics(port)
-    if not metrics:
+    if metrics is None:
         return None
     return metrics.get("vllm:num_requests_running", 0.0) + metrics.get("vllm:num_requests_waiting", 0.0)
 

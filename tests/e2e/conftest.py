@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import httpx
 import pytest
 
 from vllm_mms import local
@@ -117,6 +118,13 @@ class RecordingProxy:
     key: str
     log: Path
     proc: subprocess.Popen | None = None
+
+    def chat(self, content: str = "hi") -> httpx.Response:
+        """One chat request to the recorder model with the proxy's key."""
+        return httpx.post(f"{self.base_url}/v1/chat/completions", timeout=60,
+                          headers={"Authorization": f"Bearer {self.key}"},
+                          json={"model": "recorder",
+                                "messages": [{"role": "user", "content": content}]})
 
     def stop(self) -> None:
         """Free its memory early (the factory stops any left at the end of the session)."""

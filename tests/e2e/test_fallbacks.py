@@ -3,15 +3,7 @@ the model's engine fails, the router sends the request to the fallback model's e
 
 from __future__ import annotations
 
-import httpx
-
 from .upstream import RecordingUpstream
-
-
-def chat(proxy) -> httpx.Response:
-    return httpx.post(f"{proxy.base_url}/v1/chat/completions", timeout=60,
-                      headers={"Authorization": f"Bearer {proxy.key}"},
-                      json={"model": "recorder", "messages": [{"role": "user", "content": "hi"}]})
 
 
 def test_a_fallback_catalog_model_takes_over_when_the_engine_fails(recording_proxy_factory):
@@ -21,10 +13,10 @@ def test_a_fallback_catalog_model_takes_over_when_the_engine_fails(recording_pro
         section = ("  routing:\n    fallbacks:\n      - model: smollm2-135m-cpu\n"
                    f"        api_base: http://127.0.0.1:{other.port}/v1\n")
         proxy = recording_proxy_factory(section)
-        assert chat(proxy).status_code == 200
+        assert proxy.chat().status_code == 200
         assert (len(proxy.upstream.bodies), len(other.bodies)) == (1, 0)  # healthy: no fallback
         proxy.upstream.down = True
-        response = chat(proxy)
+        response = proxy.chat()
         print(f"\n[e2e] engine down, fallback answered: {response.status_code}")
         assert response.status_code == 200, response.text
         assert response.json()["choices"][0]["message"]["content"] == "recorded"

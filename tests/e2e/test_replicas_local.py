@@ -8,15 +8,14 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import re
 import signal
 import time
-import urllib.request
 
 import httpx
 import pytest
 
 from vllm_mms import local
+from vllm_mms.ops import engine_metrics
 
 from ..conftest import ROOT
 from .conftest import start_stack, stop_stack
@@ -29,17 +28,14 @@ REPLICATED = (BASE.replace('aliases: ["smollm2"]', "aliases: []")
               .replace("--gpu-memory-utilization 0.3", "--gpu-memory-utilization 0.2")
               .replace("litellm:\n", "litellm:\n  routing:\n    strategy: simple-shuffle\n"
                                      f"    weights: [3, 1]\n    cooldown_time: {COOLDOWN_S}\n", 1))
+SERVED = "vllm:request_success_total"
 REQUESTS = 200   # share of replica 1 expected 75 %; ±10 points is > 3 standard deviations
 
 
 def served(port: int) -> float:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
-            text = response.read().decode()
-    except OSError:
-        return -1.0
-    return sum(float(m.group(1)) for m in
-               re.finditer(r"^vllm:request_success_total\{[^}]*\}\s+([0-9.eE+]+)$", text, re.M))
+    """Requests the engine on `port` has finished (-1 when it does not answer)."""
+    metrics = engine_metrics(port, [SERVED])
+    return -1.0 if metrics is None else metrics.get(SERVED, 0.0)
 
 
 def chat(stack) -> int:

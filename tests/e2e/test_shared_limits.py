@@ -8,10 +8,8 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import secrets
-import socket
 import time
 
-import httpx
 import pytest
 
 from .conftest import free_port
@@ -20,12 +18,11 @@ REDIS_URL = os.environ.get("MMS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def redis_reachable() -> bool:
-    host, port = REDIS_URL.split("//", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1].split(":")
+    import redis
+
     try:
-        with socket.create_connection((host, int(port)), timeout=2) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
+        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping())
+    except redis.RedisError:
         return False
 
 
@@ -45,14 +42,8 @@ def pair(factory, section: str, redis_url: str | None):
     return [factory(section, vars_env=vars_env, master_key=key) for _ in range(2)]
 
 
-def chat(proxy, content: str = "hi") -> httpx.Response:
-    return httpx.post(f"{proxy.base_url}/v1/chat/completions", timeout=60,
-                      headers={"Authorization": f"Bearer {proxy.key}"},
-                      json={"model": "recorder", "messages": [{"role": "user", "content": content}]})
-
-
 def alternate(proxies, count: int) -> list[int]:
-    return [chat(proxies[i % 2]).status_code for i in range(count)]
+    return [proxies[i % 2].chat().status_code for i in range(count)]
 
 
 def test_one_keys_rpm_holds_across_two_proxies(recording_proxy_factory, redis_url):
@@ -60,7 +51,7 @@ def test_one_keys_rpm_holds_across_two_proxies(recording_proxy_factory, redis_ur
     statuses = alternate(shared, 6)
     print(f"\n[e2e] rpm 4 over two proxies sharing Redis: {statuses}")
     assert statuses == [200, 200, 200, 200, 429, 429]
-    refused = chat(shared[0])
+    refused = shared[0].chat()
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
     for proxy in shared:
         proxy.stop()
@@ -78,12 +69,12 @@ def test_parallel_requests_count_across_two_proxies(recording_proxy_factory, red
     for proxy in shared:
         proxy.upstream.release.clear()
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        held = [pool.submit(chat, proxy, "hold") for proxy in shared]  # one in flight on each
+        held = [pool.submit(proxy.chat, "hold") for proxy in shared]  # one in flight on each
         deadline = time.monotonic() + 15
         while (sum(p.upstream.in_flight for p in shared) < 2 and time.monotonic() < deadline):
             time.sleep(0.05)
         assert [p.upstream.in_flight for p in shared] == [1, 1]
-        third = chat(shared[0])
+        third = shared[0].chat()
         for proxy in shared:
             proxy.upstream.release.set()
         statuses = [f.result().status_code for f in held]
@@ -92,7 +83,7 @@ def test_parallel_requests_count_across_two_proxies(recording_proxy_factory, red
     assert third.status_code == 429, third.text
     assert int(third.headers["retry-after"]) > 0
     # Released: the shared count went back down, both proxies serve again.
-    assert [chat(p).status_code for p in shared] == [200, 200]
+    assert [p.chat().status_code for p in shared] == [200, 200]
     for proxy in shared:
         proxy.stop()
 
@@ -101,7 +92,7 @@ def test_redis_down_each_proxy_keeps_serving_and_counts_alone(recording_proxy_fa
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     proxy = recording_proxy_factory("  rpm: 4\n", vars_env=f"PROXY_REDIS_URL={dead}\n",
                                     master_key="sk-shared-" + secrets.token_hex(8))
-    statuses = [chat(proxy).status_code for _ in range(6)]
+    statuses = [proxy.chat().status_code for _ in range(6)]
     print(f"\n[e2e] rpm 4, Redis unreachable: {statuses}")
     assert statuses == [200, 200, 200, 200, 429, 429]
     proxy.stop()
