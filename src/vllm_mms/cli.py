@@ -49,7 +49,8 @@ usage:
   ./runMe.sh status                   services, health, uptime, engine queue and KV-cache use
   ./runMe.sh doctor                   check everything, one line each, with the fix
   ./runMe.sh logs [engine|proxy|db] [-f]
-  ./runMe.sh render NAME [--out DIR]  write the generated config, print the engine command
+  ./runMe.sh render NAME [--out DIR] [--replicas N]
+                                      write the generated config, print the engine command
   ./runMe.sh export k8s NAME [--image IMAGE]
                                       Kubernetes manifests (Deployment + Service) for NAME
   ./runMe.sh launch claude|codex|opencode [--force] [--model ID] [-- CLIENT ARGS]
