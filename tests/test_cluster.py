@@ -98,7 +98,8 @@ def test_cluster_commands_are_exact(project_dir, tmp_path):
     head = run_cli("cluster", "head", "step-3.5-flash", "-d", project=project_dir,
                    env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
     assert head.code == 0, head.err
-    files = ["-f", f"{root}/docker-compose.yml", "-f", f"{root}/docker-compose.cluster.yml"]
+    files = ["-f", f"{root}/docker-compose.yml", "-f", f"{root}/docker-compose.gpu.yml",
+             "-f", f"{root}/docker-compose.cluster.yml"]
     assert head.out == (f"starting the Ray head for step-3.5-flash with: docker compose "
                         f"{' '.join(files)} up -d\n")
     (project_dir / "vars.env").write_text(WORKER_VARS)
@@ -150,7 +151,8 @@ def test_cluster_compose_files_parse_for_both_roles():
         pytest.skip("docker-compose is not installed here")
     env = {k: v for k, v in os.environ.items() if k != "MODEL"}
     env["MODEL"] = "step-3.5-flash"
-    proc = subprocess.run([tool, "-f", "docker-compose.yml", "-f", "docker-compose.cluster.yml",
+    proc = subprocess.run([tool, "-f", "docker-compose.yml", "-f", "docker-compose.gpu.yml",
+                           "-f", "docker-compose.cluster.yml",
                            "--profile", "cluster-worker", "config"], capture_output=True,
                           text=True, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr

@@ -4,9 +4,12 @@ records them and plays the engine container (healthy, or unhealthy for a chosen 
 from __future__ import annotations
 
 import json
+import os
 import stat
 import sys
 from pathlib import Path
+
+import pytest
 
 from .conftest import run_cli
 
@@ -15,7 +18,8 @@ import json, os, sys
 state = {state!r}
 data = json.load(open(state))
 args = sys.argv[1:]
-data["calls"].append({{"argv": args, "MODEL": os.environ.get("MODEL")}})
+data["calls"].append({{"argv": args, "MODEL": os.environ.get("MODEL"),
+                      "MMS_WEIGHTS_HOST_DIR": os.environ.get("MMS_WEIGHTS_HOST_DIR")}})
 out = ""
 if args[:2] == ["compose", "version"] or args[:2] == ["ps", "-q"]:
     pass
@@ -51,7 +55,8 @@ def calls(state: Path) -> list[tuple[list[str], str]]:
 
 
 def up(project: Path, model: str) -> tuple[list[str], str]:
-    return (["compose", "-f", str(project / "docker-compose.yml"), "up", "-d", "--no-deps",
+    return (["compose", "-f", str(project / "docker-compose.yml"), "-f",
+             str(project / "docker-compose.gpu.yml"), "up", "-d", "--no-deps",
              "--no-build", "--force-recreate", "vllm-node"], model)
 
 
@@ -204,8 +209,38 @@ def test_up_issues_the_exact_compose_command(project_dir, tmp_path):
     result = run_cli("qwen3-next-coder", "-d", "--metrics", project=project_dir,
                      env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
     assert result.code == 0, result.err
-    compose = str(project_dir / "docker-compose.yml")
+    compose, gpu = (str(project_dir / name) for name in ("docker-compose.yml",
+                                                          "docker-compose.gpu.yml"))
     assert result.out == (f"starting qwen3-next-coder with: docker compose -f {compose} "
-                          f"--profile metrics up -d\n")
-    assert calls(state) == [(["compose", "-f", compose, "--profile", "metrics", "up", "-d"],
-                             "qwen3-next-coder")]
+                          f"-f {gpu} --profile metrics up -d\n")
+    assert calls(state) == [(["compose", "-f", compose, "-f", gpu, "--profile", "metrics", "up",
+                              "-d"], "qwen3-next-coder")]
+
+
+def test_a_cpu_model_starts_with_the_cpu_file_and_its_prepared_checkpoint(project_dir, tmp_path):
+    from vllm_mms.prepare_model import weights_dir
+
+    bin_dir, state = fake_docker(tmp_path, "glm47-flash")
+    (project_dir / "docker-compose.yml").write_text("services: {}\n")
+    result = run_cli("smollm2-135m-cpu", "-d", "--build", project=project_dir,
+                     env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    if not (weights_dir() / ".complete").exists():   # ./runMe.sh test prepares it
+        if os.environ.get("CI"):
+            pytest.fail(f"the prepared checkpoint is missing: {weights_dir()}")
+        pytest.skip("the prepared checkpoint is not there (./runMe.sh test prepares it)")
+    assert result.code == 0, result.err
+    compose, cpu = (str(project_dir / name) for name in ("docker-compose.yml",
+                                                        "docker-compose.cpu.yml"))
+    seen = json.loads(state.read_text())["calls"][-1]
+    assert seen["argv"] == ["compose", "-f", compose, "-f", cpu, "up", "-d", "--build"]
+    assert seen["MODEL"] == "smollm2-135m-cpu"
+    assert seen["MMS_WEIGHTS_HOST_DIR"] == str(weights_dir())
+
+
+def test_switch_between_a_cpu_and_a_gpu_model_is_refused(project_dir, tmp_path):
+    bin_dir, state = fake_docker(tmp_path, "smollm2-135m-cpu")
+    result = run_switch(project_dir, bin_dir, "glm47-flash")
+    assert (result.code, result.err) == (1, (
+        "error: switch keeps the engine image, and smollm2-135m-cpu is a CPU model while "
+        "glm47-flash is a GPU model: ./runMe.sh down && ./runMe.sh glm47-flash -d --build\n"))
+    assert [c for c in calls(state) if "up" in c[0]] == []

@@ -153,7 +153,9 @@ def worker_entrypoint(resolved: Resolved) -> None:
 # ----------------------------------------------------------------------------- command line
 
 def compose_argv(compose: list[str], root: str, role: str, detach: bool, build: bool) -> list[str]:
-    files = ["-f", f"{root}/docker-compose.yml", "-f", f"{root}/{CLUSTER_COMPOSE}"]
+    # Cluster models are GPU models: the GPU file, then the cluster's own.
+    files = ["-f", f"{root}/docker-compose.yml", "-f", f"{root}/docker-compose.gpu.yml",
+             "-f", f"{root}/{CLUSTER_COMPOSE}"]
     if role == "head":
         return [*compose, *files, "up", *(["-d"] if detach else []),
                 *(["--build"] if build else [])]
