@@ -26,7 +26,7 @@ if args[:2] == ["compose", "version"] or args[:2] == ["ps", "-q"]:
 elif args[0] == "inspect" and "Config.Env" in args[2]:
     out = "PATH=/usr/bin\\nMODEL=" + data["model"] + "\\n"
 elif args[0] == "inspect":
-    out = "running " + ("unhealthy" if data["model"] == data["broken"] else "healthy") + "\\n"
+    out = ("running 3 starting" if data["model"] == data["broken"] else "running 0 healthy") + "\\n"
 elif args[0] == "compose" and "up" in args:
     data["model"] = os.environ["MODEL"]
 elif args[0] == "compose" and "logs" in args:
@@ -61,8 +61,8 @@ def up(project: Path, model: str) -> tuple[list[str], str]:
 
 
 ENV_FORMAT = ["inspect", "--format", "{{range .Config.Env}}{{println .}}{{end}}", "vllm-container"]
-HEALTH = ["inspect", "--format",
-          "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}", "vllm-container"]
+HEALTH = ["inspect", "--format", "{{.State.Status}} {{.RestartCount}} "
+          "{{if .State.Health}}{{.State.Health.Status}}{{end}}", "vllm-container"]
 
 
 def run_switch(project_dir: Path, bin_dir: Path, *args: str):
@@ -85,11 +85,12 @@ def test_failing_new_model_rolls_back(project_dir, tmp_path):
     bin_dir, state = fake_docker(tmp_path, "glm47-flash", broken="qwen3-next-coder")
     result = run_switch(project_dir, bin_dir, "qwen3-next-coder")
     assert result.code == 1
-    assert "switch to qwen3-next-coder failed: the engine container is running unhealthy; " \
-           "last engine log lines:\nvllm-container | ValueError: the engine could not load " \
+    assert "switch to qwen3-next-coder failed: vLLM exited and the engine container restarted " \
+           "(3x); last engine log lines:\nvllm-container | ValueError: the engine could not load " \
            "the model\n" in result.err
-    assert result.err.endswith("error: switch to qwen3-next-coder failed (the engine container "
-                               "is running unhealthy); rolled back: glm47-flash serves again\n")
+    assert result.err.endswith("error: switch to qwen3-next-coder failed (vLLM exited and the "
+                               "engine container restarted (3x)); rolled back: glm47-flash "
+                               "serves again\n")
     compose = ["compose", "-f", str(project_dir / "docker-compose.yml")]
     assert calls(state) == [
         (ENV_FORMAT, None), (ENV_FORMAT, None),

@@ -219,18 +219,21 @@ def recreate_engine(project: Project, resolved: Resolved) -> None:
 
 
 def wait_container_healthy(deadline_s: float) -> Optional[str]:
-    """None when healthy, else why not."""
+    """None when healthy, else why not. The engine restarts by itself when vLLM exits
+    (restart: unless-stopped), so a restart counts as a failure too."""
     update = local._progress("switch")
     deadline = time.monotonic() + deadline_s
     while True:
         out = _docker(["docker", "inspect", "--format",
-                       "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}",
-                       ENGINE_CONTAINER])
-        state = out.stdout.split()
-        if out.returncode == 0 and state[1:] == ["healthy"]:
+                       "{{.State.Status}} {{.RestartCount}} "
+                       "{{if .State.Health}}{{.State.Health.Status}}{{end}}", ENGINE_CONTAINER])
+        status, restarts, *health = out.stdout.split() or ["gone", "0"]
+        if out.returncode == 0 and health == ["healthy"]:
             return None
-        if out.returncode != 0 or state[:1] in (["exited"], ["dead"]) or state[1:] == ["unhealthy"]:
-            return f"the engine container is {' '.join(state) or 'gone'}"
+        if out.returncode != 0 or status in ("exited", "dead") or health == ["unhealthy"]:
+            return f"the engine container is {' '.join([status, *health])}"
+        if restarts != "0":
+            return f"vLLM exited and the engine container restarted ({restarts}x)"
         if time.monotonic() > deadline:
             return f"the engine was not healthy after {deadline_s:.0f}s (MMS_START_TIMEOUT)"
         update("loading the new model")
