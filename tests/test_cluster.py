@@ -300,3 +300,17 @@ def test_cluster_commands_add_the_infiniband_override_when_present(project_dir, 
         assert proc.returncode == 0, proc.stderr
         services = yaml.safe_load(proc.stdout)["services"]
         assert services["ray-worker"]["devices"] == [f"{device}:{device}"]
+
+
+def test_ucx_openmpi_and_torch_distributed_variables_pass_through(project_dir):
+    from vllm_mms import engine
+
+    extra = ("UCX_NET_DEVICES=enp1s0f1np1\nOMPI_MCA_btl_tcp_if_include=enp1s0f1np1\n"
+             "TP_SOCKET_IFNAME=enp1s0f1np1\nMASTER_ADDR=192.168.100.1\n")
+    env = engine.engine_environment(node(project_dir, WORKER_VARS + extra), "", {})
+    assert {k: env[k] for k in ("UCX_NET_DEVICES", "OMPI_MCA_btl_tcp_if_include",
+                                "TP_SOCKET_IFNAME", "MASTER_ADDR")} == {
+        "UCX_NET_DEVICES": "enp1s0f1np1", "OMPI_MCA_btl_tcp_if_include": "enp1s0f1np1",
+        "TP_SOCKET_IFNAME": "enp1s0f1np1", "MASTER_ADDR": "192.168.100.1"}
+    with pytest.raises(UserError, match="unknown setting 'MASTER_PORTX'"):
+        node(project_dir, WORKER_VARS + "MASTER_PORTX=1\n")
