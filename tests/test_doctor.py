@@ -96,7 +96,7 @@ def test_memory_fit_of_the_model_that_starts_next(project_dir, tmp_path):
     assert lines[index] == (
         "fail  memory fit: step-3.5-flash: does not fit: the command asks for 2 GPUs (tensor x "
         "pipeline parallel), the machine has 1; the weights alone (186.3 GiB) exceed the budget "
-        "(115.2 GiB)")
+        "(99.8 GiB)")
     assert lines[index + 1] == ("      fix: ./runMe.sh fit step-3.5-flash shows the numbers and "
                                 "the changes that would fit")
     result = run_cli("doctor", project=project_dir, env={**env, "MODEL": "qwen3-next-coder"})

@@ -282,7 +282,7 @@ def test_replicas_sharing_a_gpu_must_each_fit_in_their_share(project_dir, tmp_pa
     assert result.code == 1
     lines = result.err.splitlines()
     assert lines[0] == "error: glm47-flash does not fit this machine (4 replicas share it):"
-    assert "  budget       25.6 GiB  gpu-memory-utilization 0.2 x 1 GPU(s), 10 GiB kept for " \
+    assert "  budget       24.3 GiB  gpu-memory-utilization 0.2 x 1 GPU(s), 10 GiB kept for " \
            "the OS" in lines
     assert calls(state) == []
     # On their own GPUs, each replica has the whole share again.

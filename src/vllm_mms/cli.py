@@ -21,7 +21,7 @@ REPLICAS_COMPOSE = "compose.replicas.yml"  # in the state directory: generated, 
 COMMANDS = ("render", "up", "down", "entrypoint", "proxy-entrypoint", "healthcheck",
             "schema", "docs", "test", "bench", "launch", "install-clients", "keys", "usage",
             "status", "logs", "doctor", "fit", "switch", "supervise", "export", "cluster", "help",
-            "list")
+            "list", "pull")
 
 USAGE = """\
 usage:
@@ -35,6 +35,9 @@ usage:
                                       start NAME on this machine: CPU, no Docker
                                       (default smollm2-135m-cpu; ports: LITELLM_PORT, VLLM_PORT)
   ./runMe.sh down                     stop what runs (compose and local mode)
+  ./runMe.sh pull NAME                download NAME's weights into the Hugging Face cache
+                                      (HF_CACHE_DIR), with progress; do it before the first
+                                      start of a big model
   ./runMe.sh fit NAME [--gpu-memory SIZE] [--nodes N] [--max-model-len N] [--max-num-seqs N]
                  [--gpu-memory-utilization F]
                                       will NAME fit? weights + KV cache vs memory (also run
@@ -286,6 +289,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0 if verdict.fits else 1
 
 
+def cmd_pull(args: argparse.Namespace) -> int:
+    from . import pull
+
+    return pull.pull(project(), args.model)
+
+
 def cmd_cluster(args: argparse.Namespace) -> int:
     from . import cluster
 
@@ -338,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--detach", action="store_true")
     p.add_argument("--build", action="store_true")
     p.add_argument("--force", action="store_true")
+    p = sub.add_parser("pull", add_help=False)
+    p.add_argument("model")
     p = sub.add_parser("switch", add_help=False)
     p.add_argument("model")
     p.add_argument("--force", action="store_true")
@@ -414,7 +425,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "render": cmd_render, "up": cmd_up, "down": cmd_down, "local": cmd_local,
             "entrypoint": cmd_entrypoint, "proxy-entrypoint": cmd_proxy_entrypoint,
             "healthcheck": cmd_healthcheck, "schema": cmd_schema, "docs": cmd_docs,
-            "fit": cmd_fit, "switch": cmd_switch, "cluster": cmd_cluster,
+            "fit": cmd_fit, "switch": cmd_switch, "cluster": cmd_cluster, "pull": cmd_pull,
         }
         if getattr(args, "replicas", None):  # the command line beats vars.env, like the environment
             os.environ["REPLICAS"] = str(args.replicas)
