@@ -67,8 +67,11 @@ def find_uv() -> str:
     uv = venv / "bin" / "uv"
     if not uv.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        # from PyPI only, whatever extra indexes the host's pip configuration adds
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") or k == "PIP_CERT"}
         subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                        f"uv=={UV_VERSION}"], check=True)
+                        "--index-url", PYPI, f"uv=={UV_VERSION}"], check=True,
+                       env={**env, "PIP_CONFIG_FILE": os.devnull})
     return str(uv)
 
 
