@@ -179,3 +179,27 @@ def test_rows_being_written_count_against_the_bound():
     queue = run(scenario())
     assert [r["ts"] for r in queue.rows] == [0, 1, 2, 3, 4]
     assert queue.dropped == 5
+
+
+def test_a_sql_ascii_database_still_gives_text_back(postgres_url):
+    """A database created without a UTF-8 locale (SQL_ASCII) hands text columns to psycopg as
+    bytes unless the client says utf8; a key's digest as bytes broke LiteLLM's auth (500)."""
+    import psycopg
+
+    admin_url = postgres_url.rsplit("/", 1)[0] + "/postgres"
+    name = postgres_url.rsplit("/", 1)[1] + "_ascii"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" ENCODING \'SQL_ASCII\' TEMPLATE template0')
+    try:
+        async def scenario():
+            store = await fresh(postgres_url.rsplit("/", 1)[0] + f"/{name}")
+            key = await store.create_key("ascii", rpm=1)
+            found = await store.find_key(key)
+            await store.close()
+            return found
+
+        found = run(scenario())
+        assert (type(found.key_hash), found.name) == (str, "ascii")
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

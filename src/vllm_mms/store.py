@@ -125,8 +125,10 @@ class Store:
         else:
             import psycopg
 
+            # client_encoding: a SQL_ASCII database would otherwise hand back text as bytes.
             self._conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True,
-                                                               connect_timeout=5)
+                                                               connect_timeout=5,
+                                                               client_encoding="utf8")
         return self._conn
 
     async def close(self) -> None:
