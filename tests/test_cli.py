@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from .conftest import container, docker_stand_in, run_cli
 
 
@@ -190,3 +192,23 @@ def test_local_mode_refuses_a_gpu_model_in_one_line(project_dir, tmp_path):
            "~63 GB, the rest for KV cache); local mode serves: smollm2-135m-cpu. On a GPU box: "
            "MODEL=glm47-flash ./runMe.sh\n")
     assert not (tmp_path / "stack.json").exists()
+
+
+@pytest.mark.parametrize("machine, version, fine", [
+    ("x86_64", (3, 11), True), ("aarch64", (3, 11), False), ("x86_64", (3, 12), False),
+])
+def test_the_engine_environment_is_refused_where_its_lock_does_not_install(
+        machine, version, fine, capsys):
+    from vllm_mms.bootstrap import check_engine_platform
+
+    if fine:
+        check_engine_platform(machine, version)
+        return
+    with pytest.raises(SystemExit) as stopped:
+        check_engine_platform(machine, version)
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err == (
+        "[runMe] local mode's vLLM CPU lock (requirements/engine-cpu.txt) installs on x86_64 "
+        f"with CPython 3.11; this is {machine} with Python {version[0]}.{version[1]}. On x86_64 "
+        "set MMS_PYTHON to a Python 3.11; elsewhere run the model in Docker (MODEL=NAME "
+        "./runMe.sh) or regenerate the lock (README, Installation details)\n")

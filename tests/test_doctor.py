@@ -77,12 +77,12 @@ def test_compose_mode_with_nothing_running_says_so(project_dir, tmp_path):
 
 def test_a_missing_service_is_reported_missing(project_dir, tmp_path):
     bin_dir = docker_stand_in(tmp_path, tmp_path / "record", [
-        container("vllm-node", "vllm-container", "restarting", ""),
+        container("vllm-node", "vllm-container", "exited", "unhealthy"),
         container("litellm_db", "litellm_db", "running", "healthy")])
     result = run_cli("doctor", project=project_dir,
                      env={"PATH": f"{bin_dir}:/nonexistent", "MMS_STATE_DIR": str(tmp_path / "s")})
     lines = result.out.splitlines()
-    assert "fail  service vllm-node: restarting" in lines
+    assert "fail  service vllm-node: exited" in lines   # its last health is stale: not shown
     assert "fail  service litellm: missing" in lines
     assert "ok    service litellm_db: running (healthy)" in lines
 

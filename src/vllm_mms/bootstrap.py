@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -78,7 +79,25 @@ def ensure_env(name: str) -> Path:
         return _build_env(name, target, marker)
 
 
+# Where requirements/engine-cpu.txt installs: torch==2.13.0+cpu has one locked file
+# (README, "Installation details").
+ENGINE_PLATFORM = ("x86_64", (3, 11))
+
+
+def check_engine_platform(machine: str, version: tuple[int, int]) -> None:
+    want_machine, want_version = ENGINE_PLATFORM
+    if (machine, version) != (want_machine, want_version):
+        say(f"local mode's vLLM CPU lock (requirements/engine-cpu.txt) installs on "
+            f"{want_machine} with CPython {want_version[0]}.{want_version[1]}; this is {machine} "
+            f"with Python {version[0]}.{version[1]}. On x86_64 set MMS_PYTHON to a Python 3.11; "
+            f"elsewhere run the model in Docker (MODEL=NAME ./runMe.sh) or regenerate the lock "
+            f"(README, Installation details)")
+        raise SystemExit(1)
+
+
 def _build_env(name: str, target: Path, marker: Path) -> Path:
+    if name == "engine":
+        check_engine_platform(platform.machine(), sys.version_info[:2])
     if target.exists():
         shutil.rmtree(target)
     lock = ROOT / LOCKS[name]

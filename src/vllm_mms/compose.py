@@ -91,7 +91,9 @@ def parse_inspect(text: str) -> list[Container]:
             service=labels.get("com.docker.compose.service", "?"),
             name=str(item.get("Name", "")).lstrip("/"),
             state=str(state.get("Status", "?")),
-            health=str((state.get("Health") or {}).get("Status", "")),
+            # a stopped container keeps its last health status: stale, so not shown
+            health=str((state.get("Health") or {}).get("Status", ""))
+            if state.get("Status") == "running" else "",
             started_at=str(state.get("StartedAt", "")),
             pid=int(state.get("Pid") or 0)))
     rank = {name: i for i, name in enumerate(SERVICE_ORDER)}
