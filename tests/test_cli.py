@@ -128,9 +128,9 @@ def test_compose_status_shows_each_service_the_engine_queue_and_recent_requests(
     assert (result.code, result.out.splitlines()) == (0, [
         "mode:     compose",
         "model:    smollm2-135m-cpu",
-        "vllm-node:  healthy  running (healthy)  container vllm-container  up 1h02m",
-        "litellm:    healthy  running (healthy)  container litellm-container  up 2h03m",
-        "litellm_db: healthy  running (healthy)  container litellm_db  up 1h03m",
+        "vllm-node:   healthy  running (healthy)  container vllm-container  up 1h02m",
+        "litellm:     healthy  running (healthy)  container litellm-container  up 2h03m",
+        "litellm_db:  healthy  running (healthy)  container litellm_db  up 1h03m",
         "requests running: 2",
         "requests waiting: 1",
         "KV-cache use:     25.0%",
@@ -148,7 +148,7 @@ def test_compose_status_says_down_while_the_engine_restarts(project_dir, tmp_pat
     result = run_cli("status", project=project_dir, env={"PATH": f"{bin_dir}:/nonexistent"})
     assert result.code == 1
     assert result.out.splitlines()[2].startswith(
-        "vllm-node:  DOWN  running (starting)  container vllm-container  up 2m")
+        "vllm-node:   DOWN  running (starting)  container vllm-container  up 2m")
     assert "proxy requests, last 5 min:  ?" in result.out.splitlines()
 
 

@@ -33,7 +33,8 @@ def compose() -> dict:
     return resolved_compose("docker-compose.gpu.yml", MODEL="qwen3-next-coder")
 
 
-IMAGE_VARIABLES = ("ENGINE_BASE_IMAGE", "PROXY_BASE_IMAGE", "POSTGRES_IMAGE", "MMS_WEIGHTS_HOST_DIR")
+IMAGE_VARIABLES = ("ENGINE_BASE_IMAGE", "PROXY_BASE_IMAGE", "POSTGRES_IMAGE", "PROMETHEUS_IMAGE",
+                   "MMS_WEIGHTS_HOST_DIR")
 
 
 def resolved_compose(device_file: str, **variables: str) -> dict:
@@ -54,13 +55,15 @@ def test_base_images_default_to_the_public_ones_and_can_be_replaced(compose):
         "BASE_IMAGE": "scitrera/dgx-spark-vllm:0.16.0-t5"}
     assert services["litellm"]["build"]["args"] == {"BASE_IMAGE": "python:3.11-slim"}
     assert services["litellm_db"]["image"] == "postgres:16"
+    assert services["prometheus"]["image"] == "prom/prometheus:v3.5.0"
     assert services["vllm-node"]["ulimits"] == {"memlock": -1, "stack": 67108864}
     replaced = resolved_compose("docker-compose.gpu.yml", MODEL="glm47-flash",
                                 ENGINE_BASE_IMAGE="e:1", PROXY_BASE_IMAGE="p:1",
-                                POSTGRES_IMAGE="db:1")["services"]
+                                POSTGRES_IMAGE="db:1", PROMETHEUS_IMAGE="prom:1")["services"]
     assert replaced["vllm-node"]["build"]["args"] == {"BASE_IMAGE": "e:1"}
     assert replaced["litellm"]["build"]["args"] == {"BASE_IMAGE": "p:1"}
     assert replaced["litellm_db"]["image"] == "db:1"
+    assert replaced["prometheus"]["image"] == "prom:1"
 
 
 def test_cpu_stack_has_no_gpu_reservation_and_serves_the_mounted_checkpoint(tmp_path):

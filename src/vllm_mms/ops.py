@@ -148,7 +148,7 @@ def compose_status_lines(compose: list[str]) -> list[str]:
     for c in found:
         shown = c.state + (f" ({c.health})" if c.health else "")
         up = f"  up {_since(c.started_at)}" if c.state == "running" else ""
-        lines.append(f"{c.service + ':':<12}{'healthy' if c.good else 'DOWN'}  {shown}  "
+        lines.append(f"{c.service + ':':<13}{'healthy' if c.good else 'DOWN'}  {shown}  "
                      f"container {c.name}{up}")
     load: dict[str, float] = {}
     for c in found:

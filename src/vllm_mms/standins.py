@@ -1,9 +1,11 @@
 """The Compose suite's machine: a Docker engine, and stand-ins for the public base images.
 
 No image registry is reachable here, so the three public images the compose stack is built on
-(python:3.11-slim for the proxy, postgres:16, a vLLM image for the engine) are replaced by
-images built locally from Debian's packages and handed to the project's own Dockerfiles and
-compose file through PROXY_BASE_IMAGE, POSTGRES_IMAGE and ENGINE_BASE_IMAGE. Each image is
+(python:3.11-slim for the proxy, postgres:16, a vLLM image for the engine, and Prometheus
+for the metrics profile) are replaced by images built locally from Debian's packages and
+handed to the project's own Dockerfiles and compose file through PROXY_BASE_IMAGE,
+POSTGRES_IMAGE, ENGINE_BASE_IMAGE and PROMETHEUS_IMAGE. Grafana has no Debian package and
+no stand-in: the suite starts Prometheus alone. Each image is
 tagged with the hash of its inputs, so a machine that built it once reuses it.
 
     python -m vllm_mms.standins     # make sure the engine runs and the stand-ins exist
@@ -159,6 +161,16 @@ def postgres_image(debian: str) -> str:
     return tag
 
 
+def prometheus_image(debian: str) -> str:
+    files = ["prometheus.Dockerfile"]
+    tag = f"mms-standin-prometheus:2-{_digest(debian.encode(), *[(STANDINS / f).read_bytes() for f in files])}"
+    if not _image_exists(tag):
+        with _context(files) as ctx:
+            _build(tag, "prometheus.Dockerfile", Path(ctx), {"DEBIAN_IMAGE": debian},
+                   "building the prom/prometheus stand-in")
+    return tag
+
+
 def engine_image(python: str) -> str:
     lock = ROOT / "requirements" / "engine-cpu.txt"
     files = ["engine-cpu.Dockerfile", "vllm-serve-shim.sh"]
@@ -198,6 +210,7 @@ def ensure_standins() -> dict[str, str]:
         debian = debian_image()
         python = python_image(debian)
         return {"PROXY_BASE_IMAGE": python, "POSTGRES_IMAGE": postgres_image(debian),
+                "PROMETHEUS_IMAGE": prometheus_image(debian),
                 "ENGINE_BASE_IMAGE": engine_image(python)}
 
 

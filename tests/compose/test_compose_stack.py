@@ -268,7 +268,7 @@ def test_status_logs_and_doctor_tell_the_truth_while_healthy(stack):
     assert lines[:2] == ["mode:     compose", f"model:    {MODEL}"]
     for service, container in (("vllm-node", "vllm-container"),
                                ("litellm", "litellm-container"), ("litellm_db", "litellm_db")):
-        assert any(line.startswith(f"{service + ':':<12}healthy  running (healthy)  "
+        assert any(line.startswith(f"{service + ':':<13}healthy  running (healthy)  "
                                    f"container {container}  up ") for line in lines), lines
     assert any(line.startswith("requests running: ") for line in lines), lines
     assert re.search(r"^proxy requests, last 5 min: +\d+$", status.stdout, re.M), lines
@@ -293,7 +293,7 @@ def test_docker_stop_delivers_sigterm_and_vllm_exits_in_the_grace_period(stack):
     assert elapsed < 30
     status = stack.run("status")
     assert status.returncode == 1
-    assert "vllm-node:  DOWN  exited  container vllm-container" in status.stdout
+    assert "vllm-node:   DOWN  exited  container vllm-container" in status.stdout
     doctor = stack.run("doctor")
     assert "fail  service vllm-node: exited" in doctor.stdout.splitlines()
     assert stack.chat().status_code >= 500
@@ -345,6 +345,63 @@ def test_switch_rolls_back_a_failing_model_then_moves_to_a_good_one(stack):
     stack.note("switch to a good model, total", time.monotonic() - start)
     status = stack.run("status")
     assert "model:    smollm2-warm" in status.stdout.splitlines()
+
+
+def engine_requests(container: str) -> float:
+    """Requests an engine container finished, from its own /metrics (port not published)."""
+    text = docker("exec", container, "python3", "-c", "import urllib.request; print(urllib."
+                  "request.urlopen('http://127.0.0.1:8000/metrics', timeout=5).read().decode())"
+                  ).stdout
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:request_success_total{"))
+
+
+def test_two_replicas_share_the_traffic_and_prometheus_scrapes_both_metrics(stack):
+    start = time.monotonic()
+    up = stack.run(MODEL, "-d", "--replicas", "2", timeout=1800)
+    assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+    override = Path(stack.env["MMS_STATE_DIR"]) / "compose.replicas.yml"
+    assert "vllm-node-2" in override.read_text()
+    for name in ("vllm-container", "vllm-container-2"):
+        wait_state(name, "running healthy", 900)
+    stack.wait_serving("replicas 2: first 200")
+    stack.note("up --replicas 2 on the running stack → both healthy, 200", time.monotonic() - start)
+    second = inspect("vllm-container-2")
+    assert "MMS_SERVE_WEIGHTS=/app/weights" in second["Config"]["Env"]   # the CPU file's too
+    before = {name: engine_requests(name) for name in ("vllm-container", "vllm-container-2")}
+    for _ in range(12):
+        assert stack.chat().status_code == 200
+    served = {name: engine_requests(name) - before[name] for name in before}
+    assert sum(served.values()) == 12 and all(n > 0 for n in served.values()), served
+    status = stack.run("status")
+    assert "vllm-node-2: healthy  running (healthy)  container vllm-container-2" in \
+        status.stdout, status.stdout
+
+    # The metrics profile's Prometheus (Grafana has no stand-in here: not started). It reads
+    # the proxy key from secrets/ and runs as nobody, as the official image does.
+    key_file = stack.root / "secrets" / "LITELLM_MASTER_KEY"
+    key_file.write_text(KEY)
+    key_file.chmod(0o644)
+    prometheus_port = local.free_port()
+    env = {**stack.env, "PROMETHEUS_PORT": str(prometheus_port)}
+    started = subprocess.run(["docker-compose", "-f", str(stack.root / "docker-compose.yml"),
+                              "--profile", "metrics", "up", "-d", "--no-deps", "prometheus"],
+                             capture_output=True, text=True, env=env, cwd=stack.root, timeout=300)
+    assert started.returncode == 0, started.stderr
+    assert docker("port", "prometheus").stdout.strip() == f"9090/tcp -> 127.0.0.1:{prometheus_port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            targets = httpx.get(f"http://127.0.0.1:{prometheus_port}/api/v1/targets",
+                                timeout=10).json()["data"]["activeTargets"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            targets = []
+        health = {t["labels"]["job"]: t["health"] for t in targets}
+        if health == {"vllm": "up", "litellm": "up"} or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert health == {"vllm": "up", "litellm": "up"}, targets
+    assert docker("rm", "-f", "prometheus").returncode == 0
 
 
 def test_down_leaves_no_container_network_or_tmpfs_and_then_everything_says_so(stack):
