@@ -255,7 +255,6 @@ def ensure_tools_env(root: Path) -> str:
     """The project's tools environment (requirements/dev.txt) made in the root by the project's
     own bootstrap with the aarch64 pip, cached in the root by the lock's hash. Returns the
     python path inside the root."""
-    result_path = None
     log = root.parent / f"{root.name}.tools.log"
     with open(log, "w") as handle, Spinner("[aarch64] tools environment (aarch64 pip, "
                                            "emulated; cached by the lock's hash)"):
@@ -267,11 +266,15 @@ def ensure_tools_env(root: Path) -> str:
                               stdout=subprocess.PIPE, stderr=handle, text=True, timeout=3600,
                               stdin=subprocess.DEVNULL)
         result_path = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
-    if proc.returncode != 0 or not result_path:
-        errors = [ln for ln in log.read_text(errors="replace").splitlines()
-                  if "ERROR" in ln or "failed" in ln]
-        raise UserError(f"the aarch64 tools environment failed (exit {proc.returncode}): "
-                        f"{' | '.join(errors[-3:])} (log: {log})")
+        if proc.returncode != 0 or not result_path:
+            # The bootstrap names paths inside the root: say where they are on the host.
+            text = log.read_text(errors="replace").replace(ROOT_CACHE_DIR,
+                                                           f"{root}{ROOT_CACHE_DIR}")
+            errors = [ln.replace("[runMe] ", "").strip() for ln in text.splitlines()
+                      if "ERROR" in ln][-3:]
+            raise UserError(f"the aarch64 tools environment (requirements/dev.txt, aarch64 pip) "
+                            f"failed (exit {proc.returncode}): {' | '.join(errors)} "
+                            f"(log: {log}; pip's log under {root}{ROOT_CACHE_DIR}/venvs/)")
     return result_path
 
 
