@@ -70,6 +70,69 @@ def run_cli(*args: str, project: Path | None = None, env: dict[str, str] | None 
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def container(service: str, name: str, state: str, health: str, model: str = "glm47-flash",
+              started: str = "2026-11-29T08:00:00.123456789Z") -> dict:
+    """One container as `docker inspect` shows it (the fields compose mode reads)."""
+    return {"Name": f"/{name}", "Id": f"id-{name}",
+            "Config": {"Labels": {"com.docker.compose.project": "project",
+                                  "com.docker.compose.service": service},
+                       "Env": ["PATH=/usr/bin", f"MODEL={model}"]},
+            "State": {"Status": state, "StartedAt": started, "Pid": 4242 if state == "running" else 0,
+                      **({"Health": {"Status": health}} if health else {})}}
+
+
+FAKE_DOCKER = """#!{python}
+# A stand-in `docker` (engine reachable, compose v2) that records each call and answers
+# from the containers it was given, in the real CLI's formats.
+import json, sys
+args = sys.argv[1:]
+containers = json.loads({containers!r})
+with open({record!r}, "a") as out:
+    out.write(" ".join(args) + "\\n")
+by_name = {{c["Name"].lstrip("/"): c for c in containers}}
+by_id = {{c["Id"]: c for c in containers}}
+if args[:2] == ["compose", "version"]:
+    print("Docker Compose version v2.30.0")
+elif args[:2] == ["ps", "-q"]:
+    pass
+elif args[0] == "compose" and args[-2:] == ["ps", "-q"]:
+    print("\\n".join(c["Id"] for c in containers))
+elif args[:2] == ["info", "--format"]:
+    print(json.dumps({{"nvidia": {{}}, "runc": {{}}}}))
+elif args[0] == "inspect" and args[1] == "--format" and "Config.Env" in args[2]:
+    if args[3] not in by_name:
+        sys.exit(1)
+    print("\\n".join(by_name[args[3]]["Config"]["Env"]))
+elif args[0] == "inspect":
+    print(json.dumps([by_id[i] for i in args[1:]]))
+elif args[:3] == ["exec", "vllm-container", "test"]:
+    pass
+elif args[:2] == ["exec", "vllm-container"] and "metrics" in args[-1]:
+    print({metrics!r})
+elif args[:2] == ["exec", "litellm-container"] and "recent_requests" in args[-1]:
+    print({recent!r})
+elif args[0] == "exec":
+    sys.exit(1)
+elif args[:2] == ["volume", "ls"]:
+    print("project_generated_configs")
+"""
+
+
+def docker_stand_in(tmp_path: Path, record: Path, containers: list[dict], metrics: str = "",
+                    recent: str = "None") -> Path:
+    """A directory holding the stand-in `docker` (put it first on PATH)."""
+    import json
+
+    bin_dir = tmp_path / "docker-bin"
+    bin_dir.mkdir(exist_ok=True)
+    docker = bin_dir / "docker"
+    docker.write_text(FAKE_DOCKER.format(python=sys.executable, record=str(record),
+                                         containers=json.dumps(containers), metrics=metrics,
+                                         recent=recent))
+    docker.chmod(0o755)
+    return bin_dir
+
+
 POSTGRES_ADMIN_URL = os.environ.get("MMS_TEST_POSTGRES_URL",
                                     "postgresql://postgres@127.0.0.1:5432/postgres")
 

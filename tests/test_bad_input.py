@@ -101,8 +101,8 @@ def test_unknown_model_for_compose_exits_2_before_docker(project_dir):
     ("this is bad\n", "vars.env: line 1: cannot parse 'this is bad': expected NAME=VALUE"),
     ("A_OK=\nLITELLM_TOP_P=0.5\nB=\"open\n", "vars.env: line 3: cannot parse 'B': expected NAME=VALUE"),
     ("LITELLM_TEMPRATURE=1\n", "vars.env: unknown setting 'LITELLM_TEMPRATURE' (settings: see "
-     "CONFIGURATION.md; engine variables must start with one of NCCL_, GLOO_, VLLM_, HF_, CUDA_, "
-     "TORCH_, OMP_, RAY_)"),
+     "CONFIGURATION.md; engine variables must start with one of NCCL_, GLOO_, UCX_, OMPI_MCA_, "
+     "VLLM_, HF_, CUDA_, TORCH_, OMP_, RAY_ or be one of TP_SOCKET_IFNAME, MASTER_ADDR)"),
     ("MAX_PARALLEL_REQUESTS=many\n", "vars.env: MAX_PARALLEL_REQUESTS: Input should be a valid "
      "integer, unable to parse string as an integer"),
     ("LITELLM_MAX_TOKENS=-5\n", "vars.env: LITELLM_MAX_TOKENS: Input should be greater than 0"),

@@ -25,17 +25,17 @@ EXPECTED_ARGV = {
         "--reasoning-parser", "step3p5", "--enable-auto-tool-choice", "--trust-remote-code",
         "--tensor-parallel-size", "2", "--distributed-executor-backend", "ray",
         "--kv-cache-dtype", "fp8", "--no-enable-prefix-caching", "--max-model-len", "65536",
-        "--max-num-seqs", "8", "--gpu-memory-utilization", "0.90", *TAIL],
+        "--max-num-seqs", "8", "--gpu-memory-utilization", "0.82", *TAIL],
     "step-3.5-flash-hcsw": [
         "vllm", "serve", "stepfun-ai/Step-3.5-Flash-FP8", "--tool-call-parser", "step3p5",
         "--reasoning-parser", "step3p5", "--enable-auto-tool-choice", "--trust-remote-code",
         "--tensor-parallel-size", "2", "--distributed-executor-backend", "ray",
         "--kv-cache-dtype", "fp8", "--no-enable-prefix-caching", "--max-model-len", "8192",
-        "--max-num-seqs", "64", "--gpu-memory-utilization", "0.90", *TAIL],
+        "--max-num-seqs", "64", "--gpu-memory-utilization", "0.82", *TAIL],
     "qwen3-next-coder": [
         "vllm", "serve", "Qwen/Qwen3-Coder-Next-FP8", "--tool-call-parser", "qwen3_coder",
         "--enable-auto-tool-choice", "--kv-cache-dtype", "fp8", "--max-model-len", "204800",
-        "--max-num-seqs", "4", "--gpu-memory-utilization", "0.85", *TAIL],
+        "--max-num-seqs", "4", "--gpu-memory-utilization", "0.80", *TAIL],
     "smollm2-135m-cpu": [
         "vllm", "serve", "HuggingFaceTB/SmolLM2-135M-Instruct", "--enable-auto-tool-choice",
         "--tool-call-parser", "hermes", "--dtype", "bfloat16", "--max-model-len", "8192",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .conftest import run_cli
+from .conftest import container, docker_stand_in, run_cli
 
 
 def test_no_arguments_lists_models_with_descriptions_and_usage(project_dir):
@@ -73,11 +73,11 @@ def test_compose_start_runs_compose_up_with_model_in_its_environment(project_dir
     result = run_cli("qwen3-next-coder", "-d", "--build", project=project_dir,
                      env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
     assert result.code == 0, result.err
-    compose_file = project_dir / "docker-compose.yml"
-    assert record.read_text() == f"qwen3-next-coder|compose -f {compose_file} up -d --build\n"
+    files = f"-f {project_dir / 'docker-compose.yml'} -f {project_dir / 'docker-compose.gpu.yml'}"
+    assert record.read_text() == f"qwen3-next-coder|compose {files} up -d --build\n"
     result = run_cli(project=project_dir, env={"PATH": f"{tmp_path}:/usr/bin:/bin",
                                                "MODEL": "glm47-flash"})
-    assert record.read_text() == f"glm47-flash|compose -f {compose_file} up\n"
+    assert record.read_text() == f"glm47-flash|compose {files} up\n"
 
 
 def fake_docker(tmp_path, record):
@@ -92,13 +92,87 @@ def test_status_and_logs_in_compose_mode_issue_the_exact_commands(project_dir, t
     record = tmp_path / "record"
     env = fake_docker(tmp_path, record)
     compose_file = project_dir / "docker-compose.yml"
-    assert run_cli("status", project=project_dir, env=env).code == 0
+    result = run_cli("status", project=project_dir, env=env)
+    assert (result.code, result.out) == (
+        1, "nothing is running (start with ./runMe.sh --local, or MODEL=NAME ./runMe.sh)\n")
     assert run_cli("logs", "proxy", "-f", project=project_dir, env=env).code == 0
     assert run_cli("logs", project=project_dir, env=env).code == 0
     assert record.read_text().splitlines() == [
-        f"compose -f {compose_file} ps",
+        f"compose -f {compose_file} ps -q",
         f"compose -f {compose_file} logs -f litellm",
         f"compose -f {compose_file} logs",
+    ]
+
+
+def _started(seconds_ago: float) -> str:
+    from datetime import datetime, timedelta, timezone
+
+    moment = datetime.now(timezone.utc) - timedelta(seconds=seconds_ago)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z"   # docker's nanoseconds
+
+
+def test_compose_status_shows_each_service_the_engine_queue_and_recent_requests(
+        project_dir, tmp_path):
+    metrics = ('vllm:num_requests_running{model_name="vllm_agent"} 2.0\n'
+               'vllm:num_requests_waiting{model_name="vllm_agent"} 1.0\n'
+               'vllm:kv_cache_usage_perc{model_name="vllm_agent"} 0.25\n')
+    bin_dir = docker_stand_in(tmp_path, tmp_path / "record", [
+        container("vllm-node", "vllm-container", "running", "healthy", "smollm2-135m-cpu",
+                  _started(3725)),
+        container("litellm", "litellm-container", "running", "healthy", started=_started(7390)),
+        container("litellm_db", "litellm_db", "running", "healthy", started=_started(3800))],
+        metrics=metrics, recent="7")
+    result = run_cli("status", project=project_dir, env={"PATH": f"{bin_dir}:/nonexistent"})
+    assert (result.code, result.out.splitlines()) == (0, [
+        "mode:     compose",
+        "model:    smollm2-135m-cpu",
+        "vllm-node:  healthy  running (healthy)  container vllm-container  up 1h02m",
+        "litellm:    healthy  running (healthy)  container litellm-container  up 2h03m",
+        "litellm_db: healthy  running (healthy)  container litellm_db  up 1h03m",
+        "requests running: 2",
+        "requests waiting: 1",
+        "KV-cache use:     25.0%",
+        "proxy requests, last 5 min:  7",
+        "logs:     ./runMe.sh logs engine|proxy|db",
+    ])
+
+
+def test_compose_status_says_down_while_the_engine_restarts(project_dir, tmp_path):
+    bin_dir = docker_stand_in(tmp_path, tmp_path / "record", [
+        container("vllm-node", "vllm-container", "running", "starting", "smollm2-135m-cpu",
+                  _started(125)),
+        container("litellm", "litellm-container", "running", "healthy", started=_started(65)),
+        container("litellm_db", "litellm_db", "running", "healthy", started=_started(65))])
+    result = run_cli("status", project=project_dir, env={"PATH": f"{bin_dir}:/nonexistent"})
+    assert result.code == 1
+    assert result.out.splitlines()[2].startswith(
+        "vllm-node:  DOWN  running (starting)  container vllm-container  up 2m")
+    assert "proxy requests, last 5 min:  ?" in result.out.splitlines()
+
+
+def test_down_with_nothing_of_ours_running_says_so_and_runs_no_compose_down(
+        project_dir, tmp_path):
+    record = tmp_path / "record"
+    bin_dir = docker_stand_in(tmp_path, record, [])
+    result = run_cli("down", project=project_dir,
+                     env={"PATH": f"{bin_dir}:/nonexistent", "MMS_STATE_DIR": str(tmp_path / "s")})
+    assert (result.code, result.out) == (0, "nothing is running\n")
+    assert not any(" down" in line for line in record.read_text().splitlines())
+
+
+def test_down_stops_the_stack_and_drops_its_generated_config_volume(project_dir, tmp_path):
+    record = tmp_path / "record"
+    bin_dir = docker_stand_in(tmp_path, record, [
+        container("vllm-node", "vllm-container", "running", "healthy")])
+    result = run_cli("down", project=project_dir,
+                     env={"PATH": f"{bin_dir}:/nonexistent", "MMS_STATE_DIR": str(tmp_path / "s")})
+    assert result.code == 0, result.err
+    compose_file = project_dir / "docker-compose.yml"
+    assert record.read_text().splitlines()[-3:] == [
+        f"compose -f {compose_file} down --remove-orphans",
+        "volume ls -q --filter label=com.docker.compose.project=project "
+        "--filter label=com.docker.compose.volume=generated_configs",
+        "volume rm project_generated_configs",
     ]
 
 

@@ -98,7 +98,8 @@ def test_cluster_commands_are_exact(project_dir, tmp_path):
     head = run_cli("cluster", "head", "step-3.5-flash", "-d", project=project_dir,
                    env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
     assert head.code == 0, head.err
-    files = ["-f", f"{root}/docker-compose.yml", "-f", f"{root}/docker-compose.cluster.yml"]
+    files = ["-f", f"{root}/docker-compose.yml", "-f", f"{root}/docker-compose.gpu.yml",
+             "-f", f"{root}/docker-compose.cluster.yml"]
     assert head.out == (f"starting the Ray head for step-3.5-flash with: docker compose "
                         f"{' '.join(files)} up -d\n")
     (project_dir / "vars.env").write_text(WORKER_VARS)
@@ -150,7 +151,8 @@ def test_cluster_compose_files_parse_for_both_roles():
         pytest.skip("docker-compose is not installed here")
     env = {k: v for k, v in os.environ.items() if k != "MODEL"}
     env["MODEL"] = "step-3.5-flash"
-    proc = subprocess.run([tool, "-f", "docker-compose.yml", "-f", "docker-compose.cluster.yml",
+    proc = subprocess.run([tool, "-f", "docker-compose.yml", "-f", "docker-compose.gpu.yml",
+                           "-f", "docker-compose.cluster.yml",
                            "--profile", "cluster-worker", "config"], capture_output=True,
                           text=True, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
@@ -161,6 +163,12 @@ def test_cluster_compose_files_parse_for_both_roles():
     assert worker["environment"] == {"MODEL": "step-3.5-flash", "CLUSTER_ROLE": "worker",
                                      "HF_HOME": "/root/.cache/huggingface"}
     assert worker["image"] == head["image"]
+    assert worker["build"] == head["build"]            # `cluster worker --build` builds it
+    assert worker["init"] is True and head["init"] is True   # Ray daemons get an init
+    caches = {"vllm_compile_cache:/root/.cache/vllm:rw",
+              "flashinfer_cache:/root/.cache/flashinfer:rw", "triton_cache:/root/.triton:rw"}
+    assert caches <= set(worker["volumes"]) and caches <= set(head["volumes"])
+    assert not any("infiniband" in str(s.get("devices", "")) for s in services.values())
     assert worker["deploy"] == head["deploy"]          # the GPUs, like the head's engine
     assert proxy["extra_hosts"] == {"vllm-node": "host-gateway"}
     assert worker.get("ports", []) == []
@@ -207,6 +215,9 @@ def test_head_entrypoint_starts_ray_waits_for_the_nodes_then_execs_vllm_on_ray(p
     network = {"VLLM_HOST_IP", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "NCCL_IB_HCA",
                "HF_TOKEN", "VLLM_API_KEY"}
     assert network <= set(ray["env"]) and network <= set(vllm["env"])
+    # Ray's memory monitor is off for the Ray head and vLLM's driver (unified memory).
+    assert "RAY_memory_monitor_refresh_ms" in ray["env"]
+    assert "RAY_memory_monitor_refresh_ms" in vllm["env"]
     # vLLM joins the head's cluster; `ray start --head` must not be pointed at one.
     assert "RAY_ADDRESS" in vllm["env"] and "RAY_ADDRESS" not in ray["env"]
     generated = tmp_path / "generated"
@@ -232,6 +243,77 @@ def test_worker_entrypoint_joins_the_head_with_the_engine_environment(project_di
                                "192.168.100.2", "--disable-usage-stats", "--block"]
     assert {"HF_TOKEN", "VLLM_HOST_IP", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME",
             "NCCL_IB_HCA"} <= set(ray["env"])
+    assert "RAY_memory_monitor_refresh_ms" in ray["env"]
     assert "VLLM_API_KEY" not in ray["env"]       # the worker serves no HTTP
     assert not (tmp_path / "generated").exists()  # nor renders anything
     assert "hf_canary_worker" not in out + err
+
+
+def test_ray_memory_monitor_default_yields_to_vars_env_and_the_container(project_dir):
+    resolved = node(project_dir, WORKER_VARS)
+    assert cluster.cluster_environment(resolved, "", {})["RAY_memory_monitor_refresh_ms"] == "0"
+    assert cluster.cluster_environment(resolved, "", {"RAY_memory_monitor_refresh_ms": "250"})[
+        "RAY_memory_monitor_refresh_ms"] == "250"
+    resolved = node(project_dir, WORKER_VARS + "RAY_memory_monitor_refresh_ms=500\n")
+    assert cluster.cluster_environment(resolved, "", {"RAY_memory_monitor_refresh_ms": "250"})[
+        "RAY_memory_monitor_refresh_ms"] == "500"
+
+
+@pytest.mark.parametrize("role, service", [("head", "vllm-node"), ("worker", "ray-worker")])
+def test_infiniband_override_only_when_the_device_exists(tmp_path, role, service):
+    target = tmp_path / "state" / "compose.infiniband.yml"
+    assert cluster.infiniband_override(role, target, str(tmp_path / "absent")) is None
+    assert not target.exists()
+    device = tmp_path / "infiniband"
+    device.mkdir()
+    assert cluster.infiniband_override(role, target, str(device)) == target
+    assert yaml.safe_load(target.read_text()) == {
+        "services": {service: {"devices": [f"{device}:{device}"]}}}
+    # gone again on a later start without the device (a stale file would fail compose)
+    device.rmdir()
+    assert cluster.infiniband_override(role, target, str(device)) is None
+    assert not target.exists()
+
+
+def test_cluster_commands_add_the_infiniband_override_when_present(project_dir, tmp_path):
+    bin_dir, state = fake_docker(tmp_path, "glm47-flash")
+    device = tmp_path / "infiniband"
+    device.mkdir()
+    (project_dir / "vars.env").write_text(WORKER_VARS)
+    worker = run_cli("cluster", "worker", "step-3.5-flash", "-d", "--build", project=project_dir,
+                     env={"PATH": f"{bin_dir}:/usr/bin:/bin", "MMS_INFINIBAND_DEVICE": str(device),
+                          "MMS_STATE_DIR": str(tmp_path / "st")})
+    assert worker.code == 0, worker.err
+    override = tmp_path / "st" / "compose.infiniband.yml"
+    root = str(project_dir)
+    assert calls(state) == [
+        (["compose", "-f", f"{root}/docker-compose.yml", "-f", f"{root}/docker-compose.gpu.yml",
+          "-f", f"{root}/docker-compose.cluster.yml", "-f", str(override), "--profile",
+          "cluster-worker", "up", "-d", "--build", "--no-deps", "ray-worker"], "step-3.5-flash")]
+    assert worker.out.splitlines()[0] == f"[cluster] {device} found: passed to the container " \
+                                         f"({override})"
+    # the override parses together with both compose files
+    tool = shutil.which("docker-compose")
+    if tool:
+        env = {**os.environ, "MODEL": "step-3.5-flash"}
+        proc = subprocess.run([tool, "-f", "docker-compose.yml", "-f", "docker-compose.gpu.yml",
+                               "-f", "docker-compose.cluster.yml", "-f", str(override),
+                               "--profile", "cluster-worker", "config"],
+                              capture_output=True, text=True, env=env, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        services = yaml.safe_load(proc.stdout)["services"]
+        assert services["ray-worker"]["devices"] == [f"{device}:{device}"]
+
+
+def test_ucx_openmpi_and_torch_distributed_variables_pass_through(project_dir):
+    from vllm_mms import engine
+
+    extra = ("UCX_NET_DEVICES=enp1s0f1np1\nOMPI_MCA_btl_tcp_if_include=enp1s0f1np1\n"
+             "TP_SOCKET_IFNAME=enp1s0f1np1\nMASTER_ADDR=192.168.100.1\n")
+    env = engine.engine_environment(node(project_dir, WORKER_VARS + extra), "", {})
+    assert {k: env[k] for k in ("UCX_NET_DEVICES", "OMPI_MCA_btl_tcp_if_include",
+                                "TP_SOCKET_IFNAME", "MASTER_ADDR")} == {
+        "UCX_NET_DEVICES": "enp1s0f1np1", "OMPI_MCA_btl_tcp_if_include": "enp1s0f1np1",
+        "TP_SOCKET_IFNAME": "enp1s0f1np1", "MASTER_ADDR": "192.168.100.1"}
+    with pytest.raises(UserError, match="unknown setting 'MASTER_PORTX'"):
+        node(project_dir, WORKER_VARS + "MASTER_PORTX=1\n")

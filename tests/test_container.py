@@ -56,7 +56,7 @@ def test_engine_entrypoint_renders_then_execs_vllm(project_dir, tmp_path):
     assert seen["argv"][1:] == [
         "serve", "Qwen/Qwen3-Coder-Next-FP8", "--tool-call-parser", "qwen3_coder",
         "--enable-auto-tool-choice", "--kv-cache-dtype", "fp8", "--max-model-len", "204800",
-        "--max-num-seqs", "4", "--gpu-memory-utilization", "0.85", "--host", "0.0.0.0",
+        "--max-num-seqs", "4", "--gpu-memory-utilization", "0.80", "--host", "0.0.0.0",
         "--port", "8000", "--served-model-name", "vllm_agent"]
     assert "HF_TOKEN" in seen["env"] and "NCCL_SOCKET_IFNAME" in seen["env"]
     assert seen["engine_key"].startswith("sk-engine-")

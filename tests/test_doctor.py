@@ -3,11 +3,11 @@ it issues in compose mode (through a stand-in `docker` that plays a healthy stac
 
 from __future__ import annotations
 
-import json
 
-from .conftest import run_cli
+from .conftest import container, docker_stand_in, run_cli
 
-NO_DOCKER_PATH = "/usr/local/bin:/usr/bin:/bin"
+# No `docker` on this PATH: the tests hold whether or not the machine runs a Docker engine.
+NO_DOCKER_PATH = "/nonexistent"
 
 
 def test_broken_secret_fails_every_dependent_check_with_the_fix(project_dir, tmp_path):
@@ -28,7 +28,7 @@ def test_broken_secret_fails_every_dependent_check_with_the_fix(project_dir, tmp
 def test_model_error_names_the_field_and_the_fix(project_dir, tmp_path):
     (project_dir / "models" / "broken.yml").write_text("description: x\ncommand: vllm serve m; ls\n")
     result = run_cli("doctor", project=project_dir,
-                     env={"MMS_STATE_DIR": str(tmp_path / "state"),
+                     env={"MMS_STATE_DIR": str(tmp_path / "state"), "PATH": NO_DOCKER_PATH,
                           "MMS_DATABASE_URL": f"sqlite:///{tmp_path / 'u.db'}"})
     lines = result.out.splitlines()
     index = lines.index("fail  model broken: models/broken.yml: command: ';' is shell syntax; "
@@ -40,38 +40,51 @@ def test_model_error_names_the_field_and_the_fix(project_dir, tmp_path):
 
 def test_compose_mode_checks_services_config_and_network(project_dir, tmp_path):
     record = tmp_path / "record"
-    ps = [{"Service": "vllm-node", "State": "running", "Health": "healthy"},
-          {"Service": "litellm", "State": "running", "Health": "starting"},
-          {"Service": "litellm_db", "State": "running", "Health": "healthy"}]
-    docker = tmp_path / "docker"
-    docker.write_text(
-        "#!/bin/sh\n"
-        f"echo \"$*\" >> {record}\n"
-        "case \"$*\" in\n"
-        "  'compose version') echo 'Docker Compose version v2.30.0';;\n"
-        "  'ps -q') ;;\n"
-        "  'info --format {{json .Runtimes}}') echo '{\"nvidia\":{},\"runc\":{}}';;\n"
-        f"  *' ps --format json') echo '{json.dumps(ps)}';;\n"
-        "  'exec vllm-container test -s /app/generated_configs/config.yaml') exit 0;;\n"
-        "  exec\\ litellm-container*) exit 1;;\n"
-        "esac\n")
-    docker.chmod(0o755)
+    bin_dir = docker_stand_in(tmp_path, record, [
+        container("vllm-node", "vllm-container", "running", "healthy"),
+        container("litellm", "litellm-container", "running", "starting"),
+        container("litellm_db", "litellm_db", "running", "healthy")])
     result = run_cli("doctor", project=project_dir,
-                     env={"PATH": f"{tmp_path}:/usr/bin:/bin", "MMS_STATE_DIR": str(tmp_path / "s")})
+                     env={"PATH": f"{bin_dir}:/nonexistent", "MMS_STATE_DIR": str(tmp_path / "s")})
     lines = result.out.splitlines()
     assert lines[0] == "doctor (compose mode)"
     assert "ok    docker engine: reachable" in lines
     assert "ok    gpu runtime: nvidia runtime registered with Docker" in lines
     assert "ok    service vllm-node: running (healthy)" in lines
     assert "fail  service litellm: running (starting)" in lines
+    assert "ok    service litellm_db: running (healthy)" in lines
     assert "ok    generated config: present in the engine container" in lines
     assert "fail  proxy → engine: the proxy container cannot reach vllm-node:8000" in lines
     assert result.code == 1 and lines[-1] == "2 checks failed"
     compose_file = project_dir / "docker-compose.yml"
     calls = record.read_text().splitlines()
-    assert f"compose -f {compose_file} ps --format json" in calls
+    assert f"compose -f {compose_file} ps -q" in calls
+    assert "inspect id-vllm-container id-litellm-container id-litellm_db" in calls
     assert ("exec litellm-container python3 -c import urllib.request; urllib.request.urlopen("
             "'http://vllm-node:8000/health', timeout=5)") in calls
+
+
+def test_compose_mode_with_nothing_running_says_so(project_dir, tmp_path):
+    bin_dir = docker_stand_in(tmp_path, tmp_path / "record", [])
+    result = run_cli("doctor", project=project_dir,
+                     env={"PATH": f"{bin_dir}:/nonexistent", "MMS_STATE_DIR": str(tmp_path / "s")})
+    lines = result.out.splitlines()
+    assert lines[0] == "doctor (compose mode)"
+    index = lines.index("warn  compose stack: nothing is running")
+    assert lines[index + 1] == "      fix: start it: MODEL=NAME ./runMe.sh -d"
+    assert not any(line.startswith(("fail  service", "fail  generated config")) for line in lines)
+
+
+def test_a_missing_service_is_reported_missing(project_dir, tmp_path):
+    bin_dir = docker_stand_in(tmp_path, tmp_path / "record", [
+        container("vllm-node", "vllm-container", "restarting", ""),
+        container("litellm_db", "litellm_db", "running", "healthy")])
+    result = run_cli("doctor", project=project_dir,
+                     env={"PATH": f"{bin_dir}:/nonexistent", "MMS_STATE_DIR": str(tmp_path / "s")})
+    lines = result.out.splitlines()
+    assert "fail  service vllm-node: restarting" in lines
+    assert "fail  service litellm: missing" in lines
+    assert "ok    service litellm_db: running (healthy)" in lines
 
 
 def test_memory_fit_of_the_model_that_starts_next(project_dir, tmp_path):
@@ -83,7 +96,7 @@ def test_memory_fit_of_the_model_that_starts_next(project_dir, tmp_path):
     assert lines[index] == (
         "fail  memory fit: step-3.5-flash: does not fit: the command asks for 2 GPUs (tensor x "
         "pipeline parallel), the machine has 1; the weights alone (186.3 GiB) exceed the budget "
-        "(115.2 GiB)")
+        "(99.8 GiB)")
     assert lines[index + 1] == ("      fix: ./runMe.sh fit step-3.5-flash shows the numbers and "
                                 "the changes that would fit")
     result = run_cli("doctor", project=project_dir, env={**env, "MODEL": "qwen3-next-coder"})

@@ -14,14 +14,17 @@ from .conftest import ROOT, run_cli
 QWEN_ON_128 = """\
 fit qwen3-next-coder (Qwen/Qwen3-Coder-Next-FP8)
   memory     128.0 GiB per GPU (given), unified with the CPU
-  budget      108.8 GiB  gpu-memory-utilization 0.85 x 1 GPU(s), 10 GiB kept for the OS
+  budget      102.4 GiB  gpu-memory-utilization 0.8 x 1 GPU(s), 10 GiB kept for the OS
+  at start    102.4 GiB  must be free: gpu-memory-utilization 0.8 x 128.00 GiB total (vLLM's start-up check)
+  available   107.3 GiB  (assumed: 20.69 GiB in use by the OS, as on a headless DGX Spark)
+  free check: ok (4.9 GiB to spare)
   weights      72.6 GiB  (catalog weights_gb)
   overhead      4.9 GiB  (activations, CUDA graphs, context: a margin, not a measurement)
   KV cache      9.5 GiB  4 sequences x 204800 tokens, 12.2 KiB/token (fp8)
                 2.4 GiB  one sequence at full context (the minimum to start)
   total        87.1 GiB
   architecture: catalog, from https://huggingface.co/Qwen/Qwen3-Coder-Next (model card) and its config.json
-verdict: fits (21.7 GiB to spare)
+verdict: fits (15.3 GiB to spare)
 """
 
 
@@ -35,10 +38,10 @@ def test_step_flash_does_not_fit_one_spark(project_dir):
     result = run_cli("fit", "step-3.5-flash", "--gpu-memory", "128GiB", project=project_dir)
     assert result.code == 1
     lines = result.out.splitlines()
-    assert lines[3] == "  weights     186.3 GiB  (catalog weights_gb)"
+    assert lines[6] == "  weights     186.3 GiB  (catalog weights_gb)"
     assert lines[-2:] == [
         "verdict: does not fit: the command asks for 2 GPUs (tensor x pipeline parallel), the "
-        "machine has 1; the weights alone (186.3 GiB) exceed the budget (115.2 GiB)",
+        "machine has 1; the weights alone (186.3 GiB) exceed the budget (105.0 GiB)",
         "  fits with one of these changes: 2 GPUs: on DGX Sparks, 2 nodes over Ray "
         "(check with --nodes 2)"]
 
@@ -47,9 +50,11 @@ def test_step_flash_fits_two_sparks(project_dir):
     result = run_cli("fit", "step-3.5-flash", "--gpu-memory", "128G", "--nodes", "2",
                      project=project_dir)
     assert result.code == 0, result.out
-    assert "  budget      230.4 GiB  gpu-memory-utilization 0.9 x 2 GPU(s), 10 GiB kept for " \
+    assert "  budget      209.9 GiB  gpu-memory-utilization 0.82 x 2 GPU(s), 10 GiB kept for " \
            "the OS" in result.out.splitlines()
-    assert result.out.splitlines()[-1] == "verdict: fits (20.4 GiB to spare)"
+    assert result.out.splitlines()[-1] == (
+        "verdict: fits; the KV cache holds 7 of 8 sequences at full context (vLLM queues the "
+        "rest; shorter prompts share the space)")
 
 
 def test_fits_with_changes_names_each_change(project_dir):
@@ -112,10 +117,10 @@ def test_config_json_in_the_hf_cache_wins_over_the_catalog(project_dir, tmp_path
                      env={"HF_HOME": str(tmp_path / "hf")})
     assert result.code == 0, result.out
     lines = result.out.splitlines()
-    assert lines[3] == "  weights      74.5 GiB  (on disk)"
-    assert lines[5] == ("  KV cache      9.5 GiB  4 sequences x 204800 tokens, 12.2 KiB/token "
+    assert lines[6] == "  weights      74.5 GiB  (on disk)"
+    assert lines[8] == ("  KV cache      9.5 GiB  4 sequences x 204800 tokens, 12.2 KiB/token "
                         "(fp8)")
-    assert lines[8] == f"  architecture: {snapshot / 'config.json'}"
+    assert lines[11] == f"  architecture: {snapshot / 'config.json'}"
 
 
 @pytest.mark.parametrize("config, expected", [
@@ -192,3 +197,94 @@ def test_every_catalog_model_has_architecture_numbers():
         model = load_model_file(ROOT / "models" / f"{name}.yml")
         assert model.architecture is not None, name
         assert model.architecture.source.startswith("https://huggingface.co/"), name
+
+
+# ----------------------------------------------------------------------------- unified memory
+
+GB10_SMI = "#!/bin/sh\necho 'NVIDIA GB10, [N/A]'\n"   # nvidia-smi on a Spark: no memory column
+
+
+def spark(tmp_path, available_kib: int, total_kib: int = 127601213):
+    """A stand-in nvidia-smi that reports a GB10, and a /proc/meminfo of a Spark."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "nvidia-smi").write_text(GB10_SMI)
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    info = tmp_path / "meminfo"
+    info.write_text(f"MemTotal:       {total_kib} kB\nMemFree:         2000000 kB\n"
+                    f"MemAvailable:   {available_kib} kB\n")
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "MMS_MEMINFO": str(info)}
+
+
+def test_meminfo_reads_the_given_file(tmp_path):
+    info = tmp_path / "meminfo"
+    info.write_text("MemTotal:       127601213 kB\nMemAvailable:   105906176 kB\nbroken\n")
+    assert fit.meminfo(info) == {"MemTotal": 127601213 * 1024, "MemAvailable": 101 * fit.GiB}
+
+
+def test_free_memory_check_on_a_spark_fails_above_available_over_total(project_dir, tmp_path):
+    """vLLM 0.16 refuses to start when MemAvailable < utilization x MemTotal: 95 GiB free
+    cannot hold 0.83 x 121.69 GiB; the fix is the utilization, not the model."""
+    result = run_cli("fit", "qwen3-next-coder", "--gpu-memory-utilization", "0.83",
+                     project=project_dir, env=spark(tmp_path, 95 * 1024 * 1024))
+    assert result.code == 1
+    lines = result.out.splitlines()
+    assert lines[1:6] == [
+        "  memory     NVIDIA GB10: 121.69 GiB unified with the CPU (detected)",
+        "  budget      101.0 GiB  gpu-memory-utilization 0.83 x 1 GPU(s), 10 GiB kept for the OS",
+        "  at start    101.0 GiB  must be free: gpu-memory-utilization 0.83 x 121.69 GiB total "
+        "(vLLM's start-up check)",
+        f"  available    95.0 GiB  (MemAvailable in {tmp_path / 'meminfo'})",
+        "  free check: fails: lower --gpu-memory-utilization to 0.76 or less (available/total "
+        "- 0.02)"]
+    assert lines[-2:] == [
+        "verdict: does not fit: vLLM refuses to start: free memory 95.00 GiB < "
+        "gpu-memory-utilization 0.83 x 121.69 GiB = 101.00 GiB",
+        "  fits with one of these changes: --gpu-memory-utilization 0.76 (at most "
+        "available/total - 0.02)"]
+    ok = run_cli("fit", "qwen3-next-coder", "--gpu-memory-utilization", "0.76",
+                 project=project_dir, env=spark(tmp_path / "again", 95 * 1024 * 1024))
+    assert ok.code == 0, ok.out
+    assert "  free check: ok (2.5 GiB to spare)" in ok.out.splitlines()
+
+
+def test_free_check_fails_and_nothing_below_the_line_fits(project_dir):
+    result = run_cli("fit", "step-3.5-flash", "--nodes", "2", "--gpu-memory-utilization", "0.9",
+                     project=project_dir, env={"PATH": "/usr/bin:/bin"})
+    assert result.code == 1
+    assert result.out.splitlines()[-1] == (
+        "verdict: does not fit: vLLM refuses to start: free memory 101.00 GiB < "
+        "gpu-memory-utilization 0.9 x 121.69 GiB = 109.52 GiB; at --gpu-memory-utilization 0.80 "
+        "weights + overhead + one full sequence need 199.25 GiB, the budget is 194.70 GiB")
+
+
+def test_no_gpu_detected_assumes_one_dgx_spark(project_dir):
+    result = run_cli("fit", "qwen3-next-coder", project=project_dir,
+                     env={"PATH": "/usr/bin:/bin"})
+    assert result.code == 0, result.out
+    lines = result.out.splitlines()
+    assert lines[1:6] == [
+        "  memory     DGX Spark (GB10), 121.69 GiB unified, assumed: no GPU detected",
+        "  budget       97.4 GiB  gpu-memory-utilization 0.8 x 1 GPU(s), 10 GiB kept for the OS",
+        "  at start     97.4 GiB  must be free: gpu-memory-utilization 0.8 x 121.69 GiB total "
+        "(vLLM's start-up check)",
+        "  available   101.0 GiB  (assumed: a headless DGX Spark has ~101 GiB available)",
+        "  free check: ok (3.6 GiB to spare)"]
+    assert lines[-1] == "verdict: fits (10.3 GiB to spare)"
+
+
+def test_every_catalog_model_passes_the_free_check_and_fits_on_sparks(project_dir, monkeypatch):
+    """On the assumed Spark(s): one node, or one per GPU over Ray for tensor parallel."""
+    from vllm_mms import config, engine
+    from vllm_mms.resolve import Project, resolve
+
+    monkeypatch.setattr(fit, "detect_gpus", lambda: None)  # whatever this machine has
+    for name in config.available_models(ROOT / "models"):
+        resolved = resolve(Project(project_dir), name)
+        if resolved.model.local_weights:
+            continue  # the CPU model: local mode only
+        gpus = engine.gpu_count(config.parse_command(resolved.model.command))
+        verdict = fit.check(resolved, nodes=gpus, parallel=gpus if gpus > 1 else None)
+        assert verdict.fits, "\n".join(verdict.lines)
+        free = [line for line in verdict.lines if line.startswith("  free check:")]
+        assert free and free[0].startswith("  free check: ok ("), (name, free)

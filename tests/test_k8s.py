@@ -8,7 +8,7 @@ from .conftest import run_cli
 
 QWEN_ARGS = ["Qwen/Qwen3-Coder-Next-FP8", "--tool-call-parser", "qwen3_coder",
              "--enable-auto-tool-choice", "--kv-cache-dtype", "fp8", "--max-model-len", "204800",
-             "--max-num-seqs", "4", "--gpu-memory-utilization", "0.85", "--host", "0.0.0.0",
+             "--max-num-seqs", "4", "--gpu-memory-utilization", "0.80", "--host", "0.0.0.0",
              "--port", "8000", "--served-model-name", "vllm_agent"]
 LABELS = {"app.kubernetes.io/name": "vllm-qwen3-next-coder", "app.kubernetes.io/part-of": "vllm-mms",
           "vllm-mms/model": "qwen3-next-coder"}

@@ -29,14 +29,56 @@ def tool(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def compose() -> dict:
-    """The compose file as docker-compose itself resolves it (variables, defaults, paths)."""
+    """The GPU stack as docker-compose itself resolves it (variables, defaults, paths)."""
+    return resolved_compose("docker-compose.gpu.yml", MODEL="qwen3-next-coder")
+
+
+IMAGE_VARIABLES = ("ENGINE_BASE_IMAGE", "PROXY_BASE_IMAGE", "POSTGRES_IMAGE", "MMS_WEIGHTS_HOST_DIR")
+
+
+def resolved_compose(device_file: str, **variables: str) -> dict:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("MODEL", "VLLM_PORT", "LITELLM_PORT", "HF_CACHE_DIR", "POSTGRES_PASSWORD")}
-    env["MODEL"] = "qwen3-next-coder"
+           if k not in ("MODEL", "VLLM_PORT", "LITELLM_PORT", "HF_CACHE_DIR", "POSTGRES_PASSWORD",
+                        *IMAGE_VARIABLES)}
+    env.update(variables)
     proc = subprocess.run([tool("docker-compose"), "-f", str(ROOT / "docker-compose.yml"),
-                           "config"], capture_output=True, text=True, env=env, cwd=ROOT)
+                           "-f", str(ROOT / device_file), "config"], capture_output=True,
+                          text=True, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     return yaml.safe_load(proc.stdout)
+
+
+def test_base_images_default_to_the_public_ones_and_can_be_replaced(compose):
+    services = compose["services"]
+    assert services["vllm-node"]["build"]["args"] == {
+        "BASE_IMAGE": "scitrera/dgx-spark-vllm:0.16.0-t5"}
+    assert services["litellm"]["build"]["args"] == {"BASE_IMAGE": "python:3.11-slim"}
+    assert services["litellm_db"]["image"] == "postgres:16"
+    assert services["vllm-node"]["ulimits"] == {"memlock": -1, "stack": 67108864}
+    replaced = resolved_compose("docker-compose.gpu.yml", MODEL="glm47-flash",
+                                ENGINE_BASE_IMAGE="e:1", PROXY_BASE_IMAGE="p:1",
+                                POSTGRES_IMAGE="db:1")["services"]
+    assert replaced["vllm-node"]["build"]["args"] == {"BASE_IMAGE": "e:1"}
+    assert replaced["litellm"]["build"]["args"] == {"BASE_IMAGE": "p:1"}
+    assert replaced["litellm_db"]["image"] == "db:1"
+
+
+def test_cpu_stack_has_no_gpu_reservation_and_serves_the_mounted_checkpoint(tmp_path):
+    engine = resolved_compose("docker-compose.cpu.yml", MODEL="smollm2-135m-cpu",
+                              MMS_WEIGHTS_HOST_DIR=str(tmp_path))["services"]["vllm-node"]
+    assert "deploy" not in engine
+    assert engine["ulimits"] == {"stack": 67108864}   # no memlock: not needed without CUDA
+    assert engine["image"] == "vllm-mms-engine-cpu:latest"
+    assert engine["build"]["args"] == {
+        "BASE_IMAGE": "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.16.0"}
+    assert engine["environment"]["MMS_SERVE_WEIGHTS"] == "/app/weights"
+    assert mounts(engine)["/app/weights"] == (str(tmp_path), "ro")
+    env = {k: v for k, v in os.environ.items() if k not in IMAGE_VARIABLES}
+    proc = subprocess.run([tool("docker-compose"), "-f", "docker-compose.yml", "-f",
+                           "docker-compose.cpu.yml", "config"], capture_output=True, text=True,
+                          env=env, cwd=ROOT)
+    assert proc.returncode == 1
+    assert "runMe.sh sets it to the prepared checkpoint" in proc.stderr
 
 
 def ports(service: dict) -> list[str]:

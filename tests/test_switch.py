@@ -4,9 +4,12 @@ records them and plays the engine container (healthy, or unhealthy for a chosen 
 from __future__ import annotations
 
 import json
+import os
 import stat
 import sys
 from pathlib import Path
+
+import pytest
 
 from .conftest import run_cli
 
@@ -15,14 +18,15 @@ import json, os, sys
 state = {state!r}
 data = json.load(open(state))
 args = sys.argv[1:]
-data["calls"].append({{"argv": args, "MODEL": os.environ.get("MODEL")}})
+data["calls"].append({{"argv": args, "MODEL": os.environ.get("MODEL"),
+                      "MMS_WEIGHTS_HOST_DIR": os.environ.get("MMS_WEIGHTS_HOST_DIR")}})
 out = ""
 if args[:2] == ["compose", "version"] or args[:2] == ["ps", "-q"]:
     pass
 elif args[0] == "inspect" and "Config.Env" in args[2]:
     out = "PATH=/usr/bin\\nMODEL=" + data["model"] + "\\n"
 elif args[0] == "inspect":
-    out = "running " + ("unhealthy" if data["model"] == data["broken"] else "healthy") + "\\n"
+    out = ("running 3 starting" if data["model"] == data["broken"] else "running 0 healthy") + "\\n"
 elif args[0] == "compose" and "up" in args:
     data["model"] = os.environ["MODEL"]
 elif args[0] == "compose" and "logs" in args:
@@ -51,13 +55,14 @@ def calls(state: Path) -> list[tuple[list[str], str]]:
 
 
 def up(project: Path, model: str) -> tuple[list[str], str]:
-    return (["compose", "-f", str(project / "docker-compose.yml"), "up", "-d", "--no-deps",
+    return (["compose", "-f", str(project / "docker-compose.yml"), "-f",
+             str(project / "docker-compose.gpu.yml"), "up", "-d", "--no-deps",
              "--no-build", "--force-recreate", "vllm-node"], model)
 
 
 ENV_FORMAT = ["inspect", "--format", "{{range .Config.Env}}{{println .}}{{end}}", "vllm-container"]
-HEALTH = ["inspect", "--format",
-          "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}", "vllm-container"]
+HEALTH = ["inspect", "--format", "{{.State.Status}} {{.RestartCount}} "
+          "{{if .State.Health}}{{.State.Health.Status}}{{end}}", "vllm-container"]
 
 
 def run_switch(project_dir: Path, bin_dir: Path, *args: str):
@@ -80,11 +85,12 @@ def test_failing_new_model_rolls_back(project_dir, tmp_path):
     bin_dir, state = fake_docker(tmp_path, "glm47-flash", broken="qwen3-next-coder")
     result = run_switch(project_dir, bin_dir, "qwen3-next-coder")
     assert result.code == 1
-    assert "switch to qwen3-next-coder failed: the engine container is running unhealthy; " \
-           "last engine log lines:\nvllm-container | ValueError: the engine could not load " \
+    assert "switch to qwen3-next-coder failed: vLLM exited and the engine container restarted " \
+           "(3x); last engine log lines:\nvllm-container | ValueError: the engine could not load " \
            "the model\n" in result.err
-    assert result.err.endswith("error: switch to qwen3-next-coder failed (the engine container "
-                               "is running unhealthy); rolled back: glm47-flash serves again\n")
+    assert result.err.endswith("error: switch to qwen3-next-coder failed (vLLM exited and the "
+                               "engine container restarted (3x)); rolled back: glm47-flash "
+                               "serves again\n")
     compose = ["compose", "-f", str(project_dir / "docker-compose.yml")]
     assert calls(state) == [
         (ENV_FORMAT, None), (ENV_FORMAT, None),
@@ -204,8 +210,38 @@ def test_up_issues_the_exact_compose_command(project_dir, tmp_path):
     result = run_cli("qwen3-next-coder", "-d", "--metrics", project=project_dir,
                      env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
     assert result.code == 0, result.err
-    compose = str(project_dir / "docker-compose.yml")
+    compose, gpu = (str(project_dir / name) for name in ("docker-compose.yml",
+                                                          "docker-compose.gpu.yml"))
     assert result.out == (f"starting qwen3-next-coder with: docker compose -f {compose} "
-                          f"--profile metrics up -d\n")
-    assert calls(state) == [(["compose", "-f", compose, "--profile", "metrics", "up", "-d"],
-                             "qwen3-next-coder")]
+                          f"-f {gpu} --profile metrics up -d\n")
+    assert calls(state) == [(["compose", "-f", compose, "-f", gpu, "--profile", "metrics", "up",
+                              "-d"], "qwen3-next-coder")]
+
+
+def test_a_cpu_model_starts_with_the_cpu_file_and_its_prepared_checkpoint(project_dir, tmp_path):
+    from vllm_mms.prepare_model import weights_dir
+
+    bin_dir, state = fake_docker(tmp_path, "glm47-flash")
+    (project_dir / "docker-compose.yml").write_text("services: {}\n")
+    result = run_cli("smollm2-135m-cpu", "-d", "--build", project=project_dir,
+                     env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    if not (weights_dir() / ".complete").exists():   # ./runMe.sh test prepares it
+        if os.environ.get("CI"):
+            pytest.fail(f"the prepared checkpoint is missing: {weights_dir()}")
+        pytest.skip("the prepared checkpoint is not there (./runMe.sh test prepares it)")
+    assert result.code == 0, result.err
+    compose, cpu = (str(project_dir / name) for name in ("docker-compose.yml",
+                                                        "docker-compose.cpu.yml"))
+    seen = json.loads(state.read_text())["calls"][-1]
+    assert seen["argv"] == ["compose", "-f", compose, "-f", cpu, "up", "-d", "--build"]
+    assert seen["MODEL"] == "smollm2-135m-cpu"
+    assert seen["MMS_WEIGHTS_HOST_DIR"] == str(weights_dir())
+
+
+def test_switch_between_a_cpu_and_a_gpu_model_is_refused(project_dir, tmp_path):
+    bin_dir, state = fake_docker(tmp_path, "smollm2-135m-cpu")
+    result = run_switch(project_dir, bin_dir, "glm47-flash")
+    assert (result.code, result.err) == (1, (
+        "error: switch keeps the engine image, and smollm2-135m-cpu is a CPU model while "
+        "glm47-flash is a GPU model: ./runMe.sh down && ./runMe.sh glm47-flash -d --build\n"))
+    assert [c for c in calls(state) if "up" in c[0]] == []

@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import config, engine, fit, paths, replicas
+from . import compose, config, engine, fit, paths, replicas
 from .errors import UserError
 from .render import compose_api_bases, render
 from .resolve import Project, resolve
@@ -22,7 +21,7 @@ REPLICAS_COMPOSE = "compose.replicas.yml"  # in the state directory: generated, 
 COMMANDS = ("render", "up", "down", "entrypoint", "proxy-entrypoint", "healthcheck",
             "schema", "docs", "test", "bench", "launch", "install-clients", "keys", "usage",
             "status", "logs", "doctor", "fit", "switch", "supervise", "export", "cluster", "help",
-            "list")
+            "list", "pull")
 
 USAGE = """\
 usage:
@@ -36,6 +35,9 @@ usage:
                                       start NAME on this machine: CPU, no Docker
                                       (default smollm2-135m-cpu; ports: LITELLM_PORT, VLLM_PORT)
   ./runMe.sh down                     stop what runs (compose and local mode)
+  ./runMe.sh pull NAME                download NAME's weights into the Hugging Face cache
+                                      (HF_CACHE_DIR), with progress; do it before the first
+                                      start of a big model
   ./runMe.sh fit NAME [--gpu-memory SIZE] [--nodes N] [--max-model-len N] [--max-num-seqs N]
                  [--gpu-memory-utilization F]
                                       will NAME fit? weights + KV cache vs memory (also run
@@ -103,46 +105,28 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- compose
 
-def compose_command() -> list[str]:
-    if shutil.which("docker"):
-        probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
-        if probe.returncode == 0:
-            return ["docker", "compose"]
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    raise UserError("docker compose is not installed; install Docker with the compose plugin, "
-                    "or run without Docker: ./runMe.sh --local")
-
-
-def docker_engine_reachable() -> bool:
-    try:
-        probe = subprocess.run(["docker", "ps", "-q"], capture_output=True, timeout=15)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return probe.returncode == 0
-
-
 def cmd_up(args: argparse.Namespace) -> int:
     proj = project()
     name = args.model or os.environ.get("MODEL") or DEFAULT_COMPOSE_MODEL
     resolved = resolve(proj, name)  # fail here, in one line, before Docker is involved
     fit.preflight(resolved, args.force, sharing=replicas.sharing(resolved))
-    files = ["-f", str(proj.root / "docker-compose.yml")]
+    files = compose.model_files(proj.root, resolved)
     if resolved.replicas > 1:
         override = replicas.write_compose_override(
-            resolved, proj.root / "docker-compose.yml", paths.state_dir() / REPLICAS_COMPOSE)
+            resolved, [Path(f) for f in files[1::2]], paths.state_dir() / REPLICAS_COMPOSE)
         files += ["-f", str(override)]
-    cmd = [*compose_command(), *files, *(["--profile", "metrics"] if args.metrics else []), "up"]
-    if not docker_engine_reachable():
+    cmd = [*compose.compose_command(), *files,
+           *(["--profile", "metrics"] if args.metrics else []), "up"]
+    if not compose.docker_engine_reachable():
         raise UserError("no Docker engine is reachable ('docker ps' failed): start Docker "
                         "(sudo systemctl start docker), or run without it: ./runMe.sh --local")
     if args.detach:
         cmd.append("-d")
     if args.build:
         cmd.append("--build")
-    print(f"starting {name} with: {' '.join(cmd)}", flush=True)
     # MODEL goes into compose's environment explicitly, so `sudo ./runMe.sh NAME` works too.
-    env = {**os.environ, "MODEL": name}
+    env = {**os.environ, **compose.model_environment(resolved)}
+    print(f"starting {name} with: {' '.join(cmd)}", flush=True)
     os.execvpe(cmd[0], cmd, env)
     return 0  # not reached
 
@@ -154,16 +138,20 @@ def cmd_down(args: argparse.Namespace) -> int:
     if stopped_local:
         return 0
     try:
-        # --remove-orphans: the engine replicas (--replicas) live in an override file.
-        cmd = [*compose_command(), "-f", str(project().root / "docker-compose.yml"), "down",
-               "--remove-orphans"]
+        base = [*compose.compose_command(), "-f", str(project().root / compose.BASE_FILE)]
     except UserError:
         print("nothing is running")
         return 0
-    if not docker_engine_reachable():
-        print("nothing is running")  # a Docker client without an engine runs no stack
+    ours = compose.containers(base) if compose.docker_engine_reachable() else []
+    if not ours:
+        print("nothing is running")  # (a Docker client without an engine runs no stack)
         return 0
-    return subprocess.run(cmd).returncode
+    # --remove-orphans: the engine replicas (--replicas) live in an override file. The
+    # generated-config volume goes too: it is a tmpfs, nothing on it outlives the stack.
+    result = subprocess.run([*base, "down", "--remove-orphans"])
+    if result.returncode == 0:
+        compose.remove_generated_volume(ours[0].project)
+    return result.returncode
 
 
 # ----------------------------------------------------------------------------- containers
@@ -221,10 +209,10 @@ def cmd_local(args: argparse.Namespace) -> int:
 def running_compose() -> list[str]:
     """The compose command when a Docker engine answers, else [] (local mode or nothing)."""
     try:
-        compose = [*compose_command(), "-f", str(project().root / "docker-compose.yml")]
+        command = [*compose.compose_command(), "-f", str(project().root / compose.BASE_FILE)]
     except UserError:
         return []
-    return compose if docker_engine_reachable() else []
+    return command if compose.docker_engine_reachable() else []
 
 
 def cmd_ops(argv: list[str]) -> int:
@@ -239,8 +227,8 @@ def cmd_ops(argv: list[str]) -> int:
     names = [a for a in rest if a not in ("-f", "--follow")]
     if len(names) > 1 or any(n.startswith("-") for n in names):
         raise UserError("usage: ./runMe.sh logs [engine|proxy|db] [-f]", 2)
-    compose = running_compose() if ops.read_stack() is None else []
-    return ops.logs(names[0] if names else None, follow, compose)
+    compose_cmd = running_compose() if ops.read_stack() is None else []
+    return ops.logs(names[0] if names else None, follow, compose_cmd)
 
 
 def cmd_launch(argv: list[str]) -> int:
@@ -301,13 +289,19 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0 if verdict.fits else 1
 
 
+def cmd_pull(args: argparse.Namespace) -> int:
+    from . import pull
+
+    return pull.pull(project(), args.model)
+
+
 def cmd_cluster(args: argparse.Namespace) -> int:
     from . import cluster
 
     name = args.model or os.environ.get("MODEL") or DEFAULT_COMPOSE_MODEL
     cmd = cluster.up(project(), args.role, name, args.detach, args.build, args.force,
-                     compose_command())
-    if not docker_engine_reachable():
+                     compose.compose_command())
+    if not compose.docker_engine_reachable():
         raise UserError("no Docker engine is reachable ('docker ps' failed): start Docker "
                         "(sudo systemctl start docker)")
     print(f"starting the Ray {args.role} for {name} with: {' '.join(cmd)}", flush=True)
@@ -353,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--detach", action="store_true")
     p.add_argument("--build", action="store_true")
     p.add_argument("--force", action="store_true")
+    p = sub.add_parser("pull", add_help=False)
+    p.add_argument("model")
     p = sub.add_parser("switch", add_help=False)
     p.add_argument("model")
     p.add_argument("--force", action="store_true")
@@ -389,9 +385,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             from . import doctor
             from .local import read_stack
 
-            compose = running_compose() if read_stack() is None else []
-            local_mode = read_stack() is not None or not compose
-            return doctor.run_doctor(project(), local_mode, compose)
+            compose_cmd = running_compose() if read_stack() is None else []
+            local_mode = read_stack() is not None or not compose_cmd
+            return doctor.run_doctor(project(), local_mode, compose_cmd)
         if argv[0] in ("status", "logs"):
             return cmd_ops(argv)
         if argv[0] in ("keys", "usage"):
@@ -429,7 +425,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "render": cmd_render, "up": cmd_up, "down": cmd_down, "local": cmd_local,
             "entrypoint": cmd_entrypoint, "proxy-entrypoint": cmd_proxy_entrypoint,
             "healthcheck": cmd_healthcheck, "schema": cmd_schema, "docs": cmd_docs,
-            "fit": cmd_fit, "switch": cmd_switch, "cluster": cmd_cluster,
+            "fit": cmd_fit, "switch": cmd_switch, "cluster": cmd_cluster, "pull": cmd_pull,
         }
         if getattr(args, "replicas", None):  # the command line beats vars.env, like the environment
             os.environ["REPLICAS"] = str(args.replicas)

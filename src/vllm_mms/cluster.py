@@ -18,14 +18,26 @@ import os
 import subprocess
 import sys
 import time
-from typing import Optional
+from pathlib import Path
+from typing import Optional, Sequence
 
-from . import engine, fit
+import yaml
+
+from . import engine, fit, paths
 from .errors import UserError
 from .resolve import Project, Resolved, resolve
 
 CLUSTER_COMPOSE = "docker-compose.cluster.yml"
 WORKER_SERVICE = "ray-worker"
+HEAD_SERVICE = "vllm-node"
+INFINIBAND = "/dev/infiniband"
+INFINIBAND_COMPOSE = "compose.infiniband.yml"  # in the state directory, only when it exists
+# Defaults for both Ray roles (and vLLM's own Ray driver on the head). A value in the
+# container's environment or in vars.env wins over these.
+# RAY_memory_monitor_refresh_ms=0 turns Ray's OOM killer off: on unified memory (DGX Spark)
+# Ray counts the model weights as system memory and kills the vLLM actors. NVIDIA's
+# two-Spark vLLM recipe sets it the same way.
+RAY_DEFAULTS = {"RAY_memory_monitor_refresh_ms": "0"}
 PARALLEL_FLAGS = ("--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp",
                   "--distributed-executor-backend")
 # Alive nodes and their GPUs, as Ray itself reports them.
@@ -121,11 +133,17 @@ def wait_for_nodes(python: str, address: str, nodes: int, gpus: int, deadline_s:
 
 # ----------------------------------------------------------------------------- entrypoints
 
+def cluster_environment(resolved: Resolved, key: str, base: dict[str, str]) -> dict[str, str]:
+    """The engine's environment for a Ray role: RAY_DEFAULTS under the container's own
+    environment and vars.env (either wins when it sets the same name)."""
+    return engine.engine_environment(resolved, key, {**RAY_DEFAULTS, **base})
+
+
 def head_entrypoint(resolved: Resolved, key: str) -> None:
     """In the engine container (CLUSTER_ROLE=head), after the configuration was rendered."""
     address = head_address(resolved, "head")
     argv = ray_head_argv(resolved)
-    env = engine.engine_environment(resolved, key, dict(os.environ))
+    env = cluster_environment(resolved, key, dict(os.environ))
     print(f"[cluster] {json.dumps(argv)}", flush=True)
     started = subprocess.run(argv, env=env)
     if started.returncode != 0:
@@ -143,7 +161,7 @@ def head_entrypoint(resolved: Resolved, key: str) -> None:
 
 def worker_entrypoint(resolved: Resolved) -> None:
     """In the ray-worker container (CLUSTER_ROLE=worker): join the head, serve nothing."""
-    env = engine.engine_environment(resolved, "", dict(os.environ))
+    env = cluster_environment(resolved, "", dict(os.environ))
     env.pop("VLLM_API_KEY", None)  # the worker answers no HTTP; the head holds the key
     argv = ray_worker_argv(resolved)
     print(f"[cluster] exec {json.dumps(argv)}", flush=True)
@@ -152,8 +170,28 @@ def worker_entrypoint(resolved: Resolved) -> None:
 
 # ----------------------------------------------------------------------------- command line
 
-def compose_argv(compose: list[str], root: str, role: str, detach: bool, build: bool) -> list[str]:
-    files = ["-f", f"{root}/docker-compose.yml", "-f", f"{root}/{CLUSTER_COMPOSE}"]
+def infiniband_override(role: str, target: Path, device: str = INFINIBAND) -> Optional[Path]:
+    """RDMA devices for the role's container, as an override file written only when `device`
+    exists on this node: a compose `devices:` entry for a missing path fails the start, and
+    most machines have none. None (and no file) otherwise."""
+    if not os.path.exists(device):
+        target.unlink(missing_ok=True)
+        return None
+    service = HEAD_SERVICE if role == "head" else WORKER_SERVICE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("# Written by ./runMe.sh cluster: this node has " + device + ".\n"
+                      + yaml.safe_dump({"services": {service: {"devices": [
+                          f"{device}:{device}"]}}}, sort_keys=False))
+    return target
+
+
+def compose_argv(compose: list[str], root: str, role: str, detach: bool, build: bool,
+                 extra_files: Sequence[Path] = ()) -> list[str]:
+    # Cluster models are GPU models: the GPU file, then the cluster's own.
+    files = ["-f", f"{root}/docker-compose.yml", "-f", f"{root}/docker-compose.gpu.yml",
+             "-f", f"{root}/{CLUSTER_COMPOSE}"]
+    for extra in extra_files:
+        files += ["-f", str(extra)]
     if role == "head":
         return [*compose, *files, "up", *(["-d"] if detach else []),
                 *(["--build"] if build else [])]
@@ -162,8 +200,11 @@ def compose_argv(compose: list[str], root: str, role: str, detach: bool, build: 
 
 
 def up(project: Project, role: str, name: str, detach: bool, build: bool, force: bool,
-       compose: list[str]) -> list[str]:
-    """Check what each role needs, then the compose command to run (the caller execs it)."""
+       compose: list[str], infiniband: Optional[str] = None) -> list[str]:
+    """Check what each role needs, then the compose command to run (the caller execs it).
+    `infiniband`: the RDMA device directory to pass through when present (tests point
+    MMS_INFINIBAND_DEVICE elsewhere)."""
+    infiniband = infiniband or os.environ.get("MMS_INFINIBAND_DEVICE", INFINIBAND)
     resolved = resolve(project, name)
     host_ip(resolved)
     if role == "head":
@@ -172,4 +213,8 @@ def up(project: Project, role: str, name: str, detach: bool, build: bool, force:
                       parallel=tensor * pipeline)
     else:
         head_address(resolved, "worker")
-    return compose_argv(compose, str(project.root), role, detach, build)
+    override = infiniband_override(role, paths.state_dir() / INFINIBAND_COMPOSE, infiniband)
+    if override is not None:
+        print(f"[cluster] {infiniband} found: passed to the container ({override})", flush=True)
+    return compose_argv(compose, str(project.root), role, detach, build,
+                        [override] if override else [])

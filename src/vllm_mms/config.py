@@ -21,8 +21,11 @@ from .errors import UserError
 
 MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# vars.env names outside the typed settings that are handed to the engine untouched.
-ENGINE_ENV_PREFIXES = ("NCCL_", "GLOO_", "VLLM_", "HF_", "CUDA_", "TORCH_", "OMP_", "RAY_")
+# vars.env names outside the typed settings that are handed to the engine untouched: these
+# prefixes, and these exact names (torch.distributed / TensorPipe over the cluster link).
+ENGINE_ENV_PREFIXES = ("NCCL_", "GLOO_", "UCX_", "OMPI_MCA_", "VLLM_", "HF_", "CUDA_", "TORCH_",
+                       "OMP_", "RAY_")
+ENGINE_ENV_NAMES = ("TP_SOCKET_IFNAME", "MASTER_ADDR")
 SHELL_PUNCTUATION = set(";&|<>()`")
 SAMPLING_PARAMS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_tokens")
 
@@ -424,11 +427,12 @@ def settings_from(values: dict[str, str], source: str) -> tuple[dict[str, str], 
     for name, value in values.items():
         if name in Settings.keys():
             known[name] = value
-        elif name.startswith(ENGINE_ENV_PREFIXES):
+        elif name.startswith(ENGINE_ENV_PREFIXES) or name in ENGINE_ENV_NAMES:
             passthrough[name] = value
         else:
             raise UserError(f"{source}: unknown setting {name!r} (settings: see CONFIGURATION.md; "
-                            f"engine variables must start with one of {', '.join(ENGINE_ENV_PREFIXES)})")
+                            f"engine variables must start with one of {', '.join(ENGINE_ENV_PREFIXES)}"
+                            f" or be one of {', '.join(ENGINE_ENV_NAMES)})")
     return known, passthrough
 
 

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Optional
 
 from . import cluster, engine, replicas
 from .errors import UserError
@@ -59,10 +60,23 @@ def engine_entrypoint(project: Project) -> None:
         cluster.head_entrypoint(resolved, key)
     port = int(os.environ.get("MMS_ENGINE_PORT", "8000"))
     argv = engine.engine_argv(resolved, host="0.0.0.0", port=port,
-                              sharing=replicas.sharing(resolved))
+                              sharing=replicas.sharing(resolved), weights=served_weights(resolved))
     env = engine.engine_environment(resolved, key, dict(os.environ))
     print(f"[entrypoint] exec {json.dumps(argv)}", flush=True)
     os.execvpe(argv[0], argv, env)
+
+
+def served_weights(resolved: Resolved) -> Optional[Path]:
+    """A CPU model serves the checkpoint runMe.sh prepared on the host, mounted read-only by
+    docker-compose.cpu.yml at MMS_SERVE_WEIGHTS (there is no hub to fetch it from)."""
+    if not resolved.model.local_weights:
+        return None
+    mounted = os.environ.get("MMS_SERVE_WEIGHTS", "")
+    if not mounted or not (Path(mounted) / "config.json").is_file():
+        raise UserError(f"{resolved.name} serves a prepared checkpoint, and none is mounted at "
+                        f"{mounted or 'MMS_SERVE_WEIGHTS'}: start it with ./runMe.sh "
+                        f"{resolved.name} (it prepares the checkpoint and adds docker-compose.cpu.yml)")
+    return Path(mounted)
 
 
 def wait_for_key(key_path: Path, deadline_s: float = 120) -> str:

@@ -13,7 +13,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from .config import LitellmSection, ModelFile, Routing, Settings
+from .config import (ENGINE_ENV_NAMES, ENGINE_ENV_PREFIXES, LitellmSection, ModelFile,
+                     Routing, Settings)
 
 SCHEMA_FILE = "docs/model-file.schema.json"
 
@@ -110,9 +111,12 @@ def configuration_markdown() -> str:
         "## vars.env",
         "",
         "`NAME=VALUE` lines; `#` comments. A line that does not parse is an error naming the "
-        "line. Besides the settings below, variables starting with `NCCL_`, `GLOO_`, `VLLM_`, "
-        "`HF_`, `CUDA_`, `TORCH_`, `OMP_` or `RAY_` are passed to the engine unchanged; any "
-        "other name is refused as a likely typo.",
+        "line. Besides the settings below, variables starting with "
+        + ", ".join(f"`{p}`" for p in ENGINE_ENV_PREFIXES[:-1])
+        + f" or `{ENGINE_ENV_PREFIXES[-1]}`, and "
+        + " and ".join(f"`{n}`" for n in ENGINE_ENV_NAMES)
+        + ", are passed to the engine (and to both Ray roles of `./runMe.sh cluster`) "
+        "unchanged; any other name is refused as a likely typo.",
         "",
         *_table(Settings, "variable"),
         "",

@@ -216,29 +216,21 @@ def check_redis(project: Project) -> Optional[Check]:
 def check_compose(compose: list[str]) -> list[Check]:
     """Services' state and health, the rendered config inside the engine, and the network
     from the proxy container to the engine."""
+    from .compose import SERVICE_ORDER, containers
+
+    found = {c.service: c for c in containers(compose)}
+    if not found:
+        return [Check("warn", "compose stack", "nothing is running",
+                      "start it: MODEL=NAME ./runMe.sh -d")]
     checks = []
-    try:
-        ps = subprocess.run([*compose, "ps", "--format", "json"], capture_output=True, text=True,
-                            timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return [Check("fail", "compose services", "docker compose ps did not answer",
-                      "check the Docker engine")]
-    services = {}
-    for line in ps.stdout.splitlines():
-        try:
-            entry = yaml.safe_load(line)
-        except yaml.YAMLError:
-            continue
-        for item in entry if isinstance(entry, list) else [entry]:
-            if isinstance(item, dict) and "Service" in item:
-                services[item["Service"]] = (item.get("State", "?"), item.get("Health", ""))
-    for service in ("vllm-node", "litellm", "litellm_db"):
-        state, health = services.get(service, ("missing", ""))
-        good = state == "running" and health in ("", "healthy")
+    for service in (*SERVICE_ORDER, *sorted(set(found) - set(SERVICE_ORDER))):
+        c = found.get(service)
         hint = ("the engine loads for minutes after start; watch ./runMe.sh logs engine"
-                if service == "vllm-node" else f"./runMe.sh logs {service}")
-        checks.append(Check("ok" if good else "fail", f"service {service}",
-                            f"{state}{' (' + health + ')' if health else ''}", hint))
+                if service.startswith("vllm-node") else
+                f"./runMe.sh logs {'proxy' if service == 'litellm' else 'db'}")
+        shown = "missing" if c is None else c.state + (f" ({c.health})" if c.health else "")
+        checks.append(Check("ok" if c is not None and c.good else "fail", f"service {service}",
+                            shown, hint))
     rendered = _docker("exec", "vllm-container", "test", "-s", "/app/generated_configs/config.yaml")
     checks.append(Check("ok", "generated config", "present in the engine container")
                   if rendered and rendered.returncode == 0 else

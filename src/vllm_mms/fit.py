@@ -11,6 +11,17 @@ How vLLM uses memory (and so what is compared):
   starts and queues the rest. Tensor/pipeline parallel ranks split weights and KV cache.
 - GB10 (DGX Spark): the GPU has no memory of its own; its 128 GB are shared with the CPU, so
   what the OS and the other containers need (UNIFIED_OS_RESERVE) is not available to vLLM.
+  nvidia-smi reports no memory there: the total is MemTotal in /proc/meminfo (121.69 GiB on a
+  Spark) and what is free is MemAvailable (~101-102 GiB on a headless Spark).
+- The start-up check (vLLM 0.16, vllm/v1/worker/utils.py): vLLM refuses to start when the
+  free memory is less than gpu-memory-utilization x total. On unified memory that is
+  MemAvailable against utilization x MemTotal, so a utilization above available/total
+  (0.83 on a headless Spark) fails before any weight is loaded. `fit` reports it and
+  suggests at most available/total - FREE_MARGIN.
+- No GPU detected (planning on another machine): one DGX Spark is assumed, 121.69 GiB total
+  and 101 GiB available (SPARK_AVAILABLE); a given --gpu-memory on unified memory assumes the
+  same ~20.7 GiB in use by the OS as on a headless Spark. MMS_MEMINFO points the
+  /proc/meminfo reader elsewhere (tests).
 - CPU build: `gpu-memory-utilization` x one NUMA node's memory is what the engine process
   may hold in all; the KV cache gets that minus what the process already holds (weights and
   runtime), and vLLM refuses to start when that is not positive (vllm/v1/worker/cpu_worker.py).
@@ -34,7 +45,12 @@ from .resolve import Resolved
 
 GiB = 1024**3
 UNIFIED_OS_RESERVE = 10 * GiB        # OS, Docker, proxy and database on a unified-memory box
-REFERENCE_GPU = ("DGX Spark (GB10), assumed: no GPU detected", 128 * GiB, True)
+SPARK_TOTAL = 121.69 * GiB           # MemTotal of a DGX Spark (128 GB of unified memory)
+SPARK_AVAILABLE = 101 * GiB          # MemAvailable of a headless Spark: ~101-102 GiB
+SPARK_ASSUMED = "assumed: a headless DGX Spark has ~101 GiB available"
+FREE_MARGIN = 0.02                   # utilization kept below available/total
+REFERENCE_GPU = ("DGX Spark (GB10), 121.69 GiB unified, assumed: no GPU detected", SPARK_TOTAL,
+                 True)
 OVERHEAD_FIXED = 2 * GiB             # CUDA context, CUDA graphs, sampler buffers, per GPU
 OVERHEAD_WEIGHT_SHARE = 0.04         # activation peak grows with the model
 # Python, torch and tokenizer in the CPU engine process besides the weights: its RSS was
@@ -185,8 +201,9 @@ class Memory:
     devices: int
     unified: bool
     cpu: bool = False
-    available: Optional[float] = None   # what the OS can still give (CPU mode)
+    available: Optional[float] = None   # what the OS can still give (CPU and unified memory)
     nodes: int = 1
+    available_source: str = ""
 
 
 def parse_memory(value: str) -> float:
@@ -203,10 +220,16 @@ def parse_memory(value: str) -> float:
     return float(number) * ((1000 if decimal else 1024) ** power)
 
 
-def meminfo() -> dict[str, int]:
+def meminfo_path() -> Path:
+    return Path(os.environ.get("MMS_MEMINFO") or "/proc/meminfo")
+
+
+def meminfo(path: Optional[Path] = None) -> dict[str, int]:
+    """/proc/meminfo in bytes (`path` or MMS_MEMINFO: another file in the same format)."""
+    path = path or meminfo_path()
     values: dict[str, int] = {}
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in path.read_text().splitlines():
             name, _, rest = line.partition(":")
             values[name] = int(rest.split()[0]) * 1024
     except (OSError, ValueError, IndexError):
@@ -235,9 +258,11 @@ def detect_gpus() -> Optional[Memory]:
     name = rows[0][0].strip()
     total = rows[0][1].strip()
     if "GB10" in name or not total.isdigit():
-        mem = meminfo().get("MemTotal", 0)
-        return Memory(f"{name}: {mem / GiB:.1f} GiB unified with the CPU (detected)", mem,
-                      len(rows), True)
+        info = meminfo()
+        mem = info.get("MemTotal", 0)
+        return Memory(f"{name}: {mem / GiB:.2f} GiB unified with the CPU (detected)", mem,
+                      len(rows), True, available=float(info.get("MemAvailable", mem)),
+                      available_source=f"MemAvailable in {meminfo_path()}")
     return Memory(f"{len(rows)} x {name}, {int(total) / 1024:.1f} GiB each (detected)",
                   int(total) * 1024**2, len(rows), False)
 
@@ -256,8 +281,14 @@ def machine_memory(resolved: Resolved, given: Optional[float], nodes: int) -> Me
         mem = Memory(f"{given / GiB:.1f} GiB per GPU (given)"
                      + (", unified with the CPU" if unified else ""),
                      given, detected.devices if detected else 1, unified)
+        if unified:
+            in_use = SPARK_TOTAL - SPARK_AVAILABLE
+            mem.available = max(0.0, given - in_use)
+            mem.available_source = (f"assumed: {in_use / GiB:.2f} GiB in use by the OS, as on "
+                                    f"a headless DGX Spark")
     else:
-        mem = detected or Memory(REFERENCE_GPU[0], REFERENCE_GPU[1], 1, REFERENCE_GPU[2])
+        mem = detected or Memory(REFERENCE_GPU[0], REFERENCE_GPU[1], 1, REFERENCE_GPU[2],
+                                 available=SPARK_AVAILABLE, available_source=SPARK_ASSUMED)
     if nodes > 1:
         mem.devices *= nodes
         mem.nodes = nodes
@@ -286,6 +317,12 @@ class Estimate:
     kv_one: float                      # one sequence at max-model-len
     kv_all: float                      # max-num-seqs sequences at max-model-len
     problems: list[str] = field(default_factory=list)
+    free_needed: Optional[float] = None    # unified memory: free at start, per node
+    free_available: Optional[float] = None
+
+    @property
+    def free_ok(self) -> bool:
+        return self.free_needed is None or self.free_needed <= (self.free_available or 0)
 
     @property
     def kv_room(self) -> float:
@@ -347,11 +384,28 @@ def estimate(shape: Shape, plan: Plan, memory: Memory) -> Estimate:
     if memory.unified:
         per_device = min(per_device, memory.per_device - UNIFIED_OS_RESERVE)
     budget = per_device * used
+    free_needed = free_available = None
+    if memory.unified and memory.available is not None:
+        free_needed = plan.gpu_memory_utilization * memory.per_device
+        free_available = memory.available
+        if free_needed > free_available:
+            problems.append(f"vLLM refuses to start: free memory {free_available / GiB:.2f} "
+                            f"GiB < gpu-memory-utilization {plan.gpu_memory_utilization:g} x "
+                            f"{memory.per_device / GiB:.2f} GiB = {free_needed / GiB:.2f} GiB")
     if weights > budget:
         problems.append(f"the weights alone ({weights / GiB:.1f} GiB) exceed the budget "
                         f"({budget / GiB:.1f} GiB)")
     overhead = used * OVERHEAD_FIXED + OVERHEAD_WEIGHT_SHARE * weights
-    return Estimate(plan, budget, weights, overhead, kv_one, kv_all, problems)
+    return Estimate(plan, budget, weights, overhead, kv_one, kv_all, problems, free_needed,
+                    free_available)
+
+
+def max_free_utilization(memory: Memory) -> Optional[float]:
+    """The highest --gpu-memory-utilization that passes vLLM's start-up check with a margin:
+    available/total - FREE_MARGIN, rounded down to 0.01. None when that is not known."""
+    if not memory.unified or memory.available is None or memory.cpu:
+        return None
+    return math.floor((memory.available / memory.per_device - FREE_MARGIN) * 100 + 1e-9) / 100
 
 
 def suggestions(shape: Shape, plan: Plan, memory: Memory) -> list[str]:
@@ -360,7 +414,15 @@ def suggestions(shape: Shape, plan: Plan, memory: Memory) -> list[str]:
     base = estimate(shape, plan, memory)
     if memory.cpu:
         return out
-    if base.problems:
+    highest = max_free_utilization(memory)
+    if not base.free_ok and highest is not None and plan.parallel <= memory.devices:
+        lower = Plan(**{**plan.__dict__, "gpu_memory_utilization": highest})
+        then = estimate(shape, lower, memory)
+        if then.starts:
+            return [f"--gpu-memory-utilization {highest:.2f} (at most available/total - "
+                    f"{FREE_MARGIN:g})"]
+        return out  # below the line, the model itself does not fit: no single change helps
+    elif base.problems:
         if plan.parallel > memory.devices:
             nodes = math.ceil(plan.parallel / max(1, memory.devices // memory.nodes))
             out.append(f"{plan.parallel} GPUs: on DGX Sparks, {nodes} nodes over Ray "
@@ -377,6 +439,8 @@ def suggestions(shape: Shape, plan: Plan, memory: Memory) -> list[str]:
         if fitting >= 1024:
             out.append(f"--max-model-len {fitting} (or less)")
     cap = (1 - UNIFIED_OS_RESERVE / memory.per_device) if memory.unified else 0.95
+    if highest is not None:
+        cap = min(cap, highest)
     need = (base.weights + base.overhead + base.kv_one) / (plan.parallel * memory.per_device)
     if plan.gpu_memory_utilization < need <= cap:
         out.append(f"--gpu-memory-utilization {math.ceil(need * 100) / 100:.2f}")
@@ -419,6 +483,20 @@ def check(resolved: Resolved, *, gpu_memory: Optional[float] = None, nodes: int 
         lines.append(f"  budget    {_gib(est.budget)}  gpu-memory-utilization "
                      f"{plan.gpu_memory_utilization} x {min(plan.parallel, memory.devices)} GPU(s)"
                      + (f", {UNIFIED_OS_RESERVE // GiB} GiB kept for the OS" if memory.unified else ""))
+    if est.free_needed is not None:
+        spare = (est.free_available or 0) - est.free_needed
+        lines += [
+            f"  at start  {_gib(est.free_needed)}  must be free: gpu-memory-utilization "
+            f"{plan.gpu_memory_utilization:g} x {memory.per_device / GiB:.2f} GiB total "
+            f"(vLLM's start-up check)",
+            f"  available {_gib(est.free_available or 0)}  ({memory.available_source})",
+        ]
+        highest = max_free_utilization(memory)
+        if est.free_ok:
+            lines.append(f"  free check: ok ({spare / GiB:.1f} GiB to spare)")
+        else:
+            lines.append(f"  free check: fails: lower --gpu-memory-utilization to {highest:.2f} "
+                         f"or less (available/total - {FREE_MARGIN:g})")
     lines += [
         f"  weights   {_gib(est.weights)}  ({shape.weights_source})",
         f"  overhead  {_gib(est.overhead)}  ("
@@ -432,6 +510,14 @@ def check(resolved: Resolved, *, gpu_memory: Optional[float] = None, nodes: int 
     ]
     if not est.starts:
         changes = suggestions(shape, plan, memory)
+        if not est.free_ok and not changes:
+            lower = Plan(**{**plan.__dict__,
+                            "gpu_memory_utilization": max_free_utilization(memory) or 0.0})
+            then = estimate(shape, lower, memory)
+            est.problems.append(f"at --gpu-memory-utilization {lower.gpu_memory_utilization:.2f} "
+                                f"weights + overhead + one full sequence need "
+                                f"{(then.weights + then.overhead + then.kv_one) / GiB:.2f} GiB, "
+                                f"the budget is {then.budget / GiB:.2f} GiB")
         why = est.problems or [f"weights + overhead + one full sequence need "
                                f"{(est.weights + est.overhead + est.kv_one) / GiB:.2f} GiB, "
                                f"the budget is {est.budget / GiB:.2f} GiB"]

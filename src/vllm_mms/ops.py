@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import subprocess
 import time
 import urllib.request
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -28,12 +30,17 @@ SERVICES = {"engine": "vllm-node", "proxy": "litellm", "db": "litellm_db"}
 def engine_metrics(port: int, names: Iterable[str] = ENGINE_METRICS) -> Optional[dict[str, float]]:
     """Sum of each metric in `names` over its label sets, from the engine's /metrics (open,
     no key); None when the engine does not answer."""
-    wanted = set(names)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
             text = response.read().decode("utf-8", "replace")
     except OSError:
         return None
+    return parse_metrics(text, names)
+
+
+def parse_metrics(text: str, names: Iterable[str] = ENGINE_METRICS) -> dict[str, float]:
+    """Prometheus text → the sum of each metric in `names` over its label sets."""
+    wanted = set(names)
     values: dict[str, float] = {}
     for line in text.splitlines():
         match = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{[^}]*\})?\s+([-+0-9.eE]+|NaN)$", line)
@@ -100,10 +107,70 @@ def status(compose: list[str]) -> int:
     if lines:
         print("\n".join(lines))
         return 0 if all("DOWN" not in line for line in lines) else 1
-    if compose:
-        os.execvp(compose[0], [*compose, "ps"])
+    lines = compose_status_lines(compose) if compose else []
+    if lines:
+        print("\n".join(lines))
+        return 0 if all("DOWN" not in line for line in lines) else 1
     print("nothing is running (start with ./runMe.sh --local, or MODEL=NAME ./runMe.sh)")
     return 1
+
+
+def _docker_exec(container: str, code: str) -> Optional[str]:
+    """Run Python inside one of our containers; its stdout, or None when that fails."""
+    try:
+        out = subprocess.run(["docker", "exec", container, "python3", "-c", code],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _since(started_at: str) -> str:
+    try:
+        start = datetime.fromisoformat(started_at[:26].rstrip("Z") + "+00:00")
+    except ValueError:
+        return "?"
+    return _uptime((datetime.now(timezone.utc) - start).total_seconds())
+
+
+def compose_status_lines(compose: list[str]) -> list[str]:
+    """Compose mode: each container's state, health and uptime, the engine's queue and KV
+    cache (read inside the engine container: its port is not published) and the proxy's
+    recent requests (counted inside the proxy container, which reaches the database)."""
+    from .compose import container_env, containers
+
+    found = containers(compose)
+    if not found:
+        return []
+    engine = next((c for c in found if c.service == "vllm-node"), None)
+    model = (container_env(engine.name) or {}).get("MODEL", "?") if engine else "?"
+    lines = ["mode:     compose", f"model:    {model}"]
+    for c in found:
+        shown = c.state + (f" ({c.health})" if c.health else "")
+        up = f"  up {_since(c.started_at)}" if c.state == "running" else ""
+        lines.append(f"{c.service + ':':<12}{'healthy' if c.good else 'DOWN'}  {shown}  "
+                     f"container {c.name}{up}")
+    load: dict[str, float] = {}
+    for c in found:
+        if c.service.startswith("vllm-node") and c.good:
+            text = _docker_exec(c.name, "import urllib.request; print(urllib.request.urlopen("
+                                "'http://127.0.0.1:8000/metrics', timeout=5).read().decode())")
+            for metric, value in parse_metrics(text or "").items():
+                load[metric] = load.get(metric, 0.0) + value
+    engines = sum(1 for c in found if c.service.startswith("vllm-node")) or 1
+    for name, label in ENGINE_METRICS.items():
+        if name in load:
+            value = load[name] / engines if name.endswith("_perc") else load[name]
+            shown = f"{value * 100:.1f}%" if name.endswith("_perc") else f"{value:.0f}"
+            lines.append(f"{label + ':':<18}{shown}")
+    proxy = next((c for c in found if c.service == "litellm" and c.state == "running"), None)
+    recent = _docker_exec(proxy.name, "from vllm_mms.ops import recent_requests; "
+                          "print(recent_requests())") if proxy else None
+    recent = (recent or "").strip()
+    lines.append(f"{'proxy requests, last 5 min:':<28} "
+                 f"{recent if recent and recent != 'None' else '?'}")
+    lines.append("logs:     ./runMe.sh logs engine|proxy|db")
+    return lines
 
 
 def logs(service: Optional[str], follow: bool, compose: list[str]) -> int:

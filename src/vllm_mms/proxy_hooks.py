@@ -369,9 +369,23 @@ class ProxyHandler(CustomLogger):
                                       end_time: Any) -> None:
         if usage_enabled():
             exc = kwargs.get("exception")
-            status = int(getattr(exc, "status_code", 500) or 500)
+            status = status_of(exc)
             USAGE.add(row_from_logging(kwargs, response_obj, start_time, end_time, status,
                                        type(exc).__name__ if exc else "Error"))
+
+
+def status_of(exc: Any) -> int:
+    """The HTTP status the client got for `exc`: LiteLLM's provider errors carry it as
+    `status_code`, its ProxyException (our 401/403/429/400s) as `code`, a string."""
+    for attr in ("status_code", "code"):
+        value = getattr(exc, attr, None)
+        try:
+            status = int(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            continue
+        if 100 <= status <= 599:
+            return status
+    return 500
 
 
 proxy_handler = ProxyHandler()

@@ -206,27 +206,34 @@ def compose_engine_model(compose: list[str]) -> Optional[str]:
     return (compose_engine_env() or {}).get("MODEL")
 
 
-def recreate_engine(compose: list[str], model: str) -> None:
-    cmd = [*compose, "up", "-d", "--no-deps", "--no-build", "--force-recreate", ENGINE_SERVICE]
-    print(f"switch: MODEL={model} {' '.join(cmd)}", flush=True)
-    result = subprocess.run(cmd, env={**os.environ, "MODEL": model})
+def recreate_engine(project: Project, resolved: Resolved) -> None:
+    """The engine service alone, recreated with the model's compose files and MODEL."""
+    from . import compose
+
+    cmd = [*compose.compose_command(), *compose.model_files(project.root, resolved), "up", "-d",
+           "--no-deps", "--no-build", "--force-recreate", ENGINE_SERVICE]
+    print(f"switch: MODEL={resolved.name} {' '.join(cmd)}", flush=True)
+    result = subprocess.run(cmd, env={**os.environ, **compose.model_environment(resolved)})
     if result.returncode != 0:
         raise UserError(f"'{' '.join(cmd)}' failed (exit {result.returncode})")
 
 
 def wait_container_healthy(deadline_s: float) -> Optional[str]:
-    """None when healthy, else why not."""
+    """None when healthy, else why not. The engine restarts by itself when vLLM exits
+    (restart: unless-stopped), so a restart counts as a failure too."""
     update = local._progress("switch")
     deadline = time.monotonic() + deadline_s
     while True:
         out = _docker(["docker", "inspect", "--format",
-                       "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}",
-                       ENGINE_CONTAINER])
-        state = out.stdout.split()
-        if out.returncode == 0 and state[1:] == ["healthy"]:
+                       "{{.State.Status}} {{.RestartCount}} "
+                       "{{if .State.Health}}{{.State.Health.Status}}{{end}}", ENGINE_CONTAINER])
+        status, restarts, *health = out.stdout.split() or ["gone", "0"]
+        if out.returncode == 0 and health == ["healthy"]:
             return None
-        if out.returncode != 0 or state[:1] in (["exited"], ["dead"]) or state[1:] == ["unhealthy"]:
-            return f"the engine container is {' '.join(state) or 'gone'}"
+        if out.returncode != 0 or status in ("exited", "dead") or health == ["unhealthy"]:
+            return f"the engine container is {' '.join([status, *health])}"
+        if restarts != "0":
+            return f"vLLM exited and the engine container restarted ({restarts}x)"
         if time.monotonic() > deadline:
             return f"the engine was not healthy after {deadline_s:.0f}s (MMS_START_TIMEOUT)"
         update("loading the new model")
@@ -244,19 +251,27 @@ def switch_compose(project: Project, compose: list[str], name: str, force: bool)
         raise UserError(f"switch moves one engine, and {old} runs {running} replicas: "
                         f"./runMe.sh down && ./runMe.sh {name} --replicas {running}")
     new: Resolved = resolve(project, name)
+    previous: Optional[Resolved] = resolve(project, old) if old else None
+    from .compose import is_cpu_model
+
+    if previous is not None and is_cpu_model(previous) != is_cpu_model(new):
+        kinds = {True: "a CPU model", False: "a GPU model"}
+        raise UserError(f"switch keeps the engine image, and {old} is {kinds[is_cpu_model(previous)]} "
+                        f"while {name} is {kinds[is_cpu_model(new)]}: ./runMe.sh down && "
+                        f"./runMe.sh {name} -d --build")
     fit.preflight(new, force)
     deadline = float(os.environ.get("MMS_START_TIMEOUT", "1800"))
-    recreate_engine(compose, name)
+    recreate_engine(project, new)
     why = wait_container_healthy(deadline)
     if why is None:
         print(f"switched: {old} -> {name}; the proxy follows the new configuration")
         return 0
     logs = _docker([*compose, "logs", "--no-color", "--tail", "30", ENGINE_SERVICE])
     print(f"switch to {name} failed: {why}; last engine log lines:\n{logs.stdout}", file=sys.stderr)
-    if old is None:
+    if previous is None:
         raise UserError(f"switch to {name} failed and no previous model is known to roll back to")
     print(f"rolling back to {old} ...", file=sys.stderr, flush=True)
-    recreate_engine(compose, old)
+    recreate_engine(project, previous)
     again = wait_container_healthy(deadline)
     if again is not None:
         raise UserError(f"switch to {name} failed ({why}); the rollback to {old} failed too "
