@@ -24,13 +24,18 @@ def canonical(name: str) -> str:
 
 
 def pins(lock) -> dict[str, tuple[str, list[str]]]:
+    """Each pin of a (universal) lock: 'name' or, for a pin with environment markers,
+    'name ; marker' (a package may be pinned at two versions for different Pythons)."""
     found = {}
     for block in re.split(r"\n(?=[A-Za-z0-9])", lock.read_text()):
         block = block.strip()
         if not block or block.startswith("#"):
             continue
-        package, version = block.split()[0].split("==")
-        found[canonical(package)] = (version, re.findall(r"--hash=sha256:([0-9a-f]{64})", block))
+        requirement, _, marker = block.split("\n", 1)[0].rstrip("\\").partition(";")
+        package, version = requirement.strip().split("==")
+        key = canonical(package) + (f" ; {marker.strip()}" if marker.strip() else "")
+        assert key not in found, f"{lock.name}: {key} pinned twice"
+        found[key] = (version, re.findall(r"--hash=sha256:([0-9a-f]{64})", block))
     return found
 
 
@@ -53,7 +58,7 @@ def test_every_pin_is_exact_and_hashed(lock):
 
 @pytest.mark.parametrize("lock", LOCKS, ids=[p.name for p in LOCKS])
 def test_no_known_compromised_release_in_a_lock(lock):
-    found = {(name, version) for name, (version, _) in pins(lock).items()}
+    found = {(name.split(" ;")[0], version) for name, (version, _) in pins(lock).items()}
     assert found & KNOWN_COMPROMISED == set()
 
 

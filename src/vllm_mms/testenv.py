@@ -1,8 +1,9 @@
 """`./runMe.sh test`: install what the tests need (cached), then run pytest.
 
 Installs, each once: the engine environment (vLLM CPU build), the cluster environment
-(Ray), the converted model, the pinned agent CLIs (npm), and Debian's docker-compose (a real compose parser for the static
-checks; needs root + apt).
+(Ray), the converted model, the pinned agent CLIs (npm), Debian's docker-compose (a real
+compose parser for the static checks; needs root + apt), and for the Compose suite a Docker
+engine with stand-ins for the public base images (vllm_mms.standins).
 """
 
 from __future__ import annotations
@@ -32,11 +33,27 @@ def ensure_docker_compose() -> None:
                     "docker-compose"], env=env, check=False, stdout=subprocess.DEVNULL)
 
 
+def ensure_compose_suite(pytest_args: list[str]) -> None:
+    """The Compose suite's Docker engine and stand-in images, built here (with progress in
+    the log) rather than silently inside a pytest fixture. Skipped when the run deselects it."""
+    selection = " ".join(pytest_args)
+    if "not e2e" in selection or "not compose" in selection:
+        return
+    from .errors import UserError
+    from .standins import ensure_standins
+
+    try:
+        ensure_standins()
+    except UserError as exc:  # the suite's fixture reports it: a failure in CI, else a skip
+        print(f"[test] the Compose suite cannot run here: {exc}", file=sys.stderr, flush=True)
+
+
 def run_tests(pytest_args: list[str]) -> int:
     engine_python = bootstrap.ensure_env("engine")
     cluster_python = bootstrap.ensure_env("cluster")
     ensure_weights(engine_python)
     ensure_docker_compose()
+    ensure_compose_suite(pytest_args)
     from .launch import install_clients
 
     install_clients()
