@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run_cli
+from .conftest import docker_stand_in, run_cli
 
 FAKE_DOCKER = """#!{python}
 import json, os, sys
@@ -114,8 +114,10 @@ def test_switch_to_what_already_serves(project_dir, tmp_path):
 
 
 def test_switch_with_nothing_running(project_dir, tmp_path):
+    # A Docker engine that answers, with none of our containers (and no local stack).
+    bin_dir = docker_stand_in(tmp_path, tmp_path / "record", [])
     result = run_cli("switch", "glm47-flash", project=project_dir,
-                     env={"PATH": "/usr/bin:/bin"})
+                     env={"PATH": f"{bin_dir}:/nonexistent"})
     assert (result.code, result.err) == (
         1, "error: nothing is running to switch; start glm47-flash with: "
            "MODEL=glm47-flash ./runMe.sh\n")
