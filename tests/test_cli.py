@@ -100,7 +100,7 @@ def test_status_and_logs_in_compose_mode_issue_the_exact_commands(project_dir, t
     assert run_cli("logs", "proxy", "-f", project=project_dir, env=env).code == 0
     assert run_cli("logs", project=project_dir, env=env).code == 0
     assert record.read_text().splitlines() == [
-        f"compose -f {compose_file} ps -q",
+        f"compose -f {compose_file} ps -a -q",
         f"compose -f {compose_file} logs -f litellm",
         f"compose -f {compose_file} logs",
     ]

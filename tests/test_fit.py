@@ -288,3 +288,13 @@ def test_every_catalog_model_passes_the_free_check_and_fits_on_sparks(project_di
         assert verdict.fits, "\n".join(verdict.lines)
         free = [line for line in verdict.lines if line.startswith("  free check:")]
         assert free and free[0].startswith("  free check: ok ("), (name, free)
+
+
+def test_too_little_free_memory_for_any_utilization_says_so(project_dir):
+    # 16 GiB of unified memory with a Spark's 20.69 GiB in use: nothing is free.
+    result = run_cli("fit", "qwen3-next-coder", "--gpu-memory", "16GiB", project=project_dir,
+                     env={"PATH": "/nonexistent"})
+    assert result.code == 1
+    assert ("  free check: fails: too little memory is free for any --gpu-memory-utilization; "
+            "stop what uses it (free -g)") in result.out.splitlines()
+    assert "-0." not in result.out and "Traceback" not in result.out + result.err

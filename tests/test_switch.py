@@ -223,14 +223,14 @@ def test_up_issues_the_exact_compose_command(project_dir, tmp_path):
 def test_a_cpu_model_starts_with_the_cpu_file_and_its_prepared_checkpoint(project_dir, tmp_path):
     from vllm_mms.prepare_model import weights_dir
 
-    bin_dir, state = fake_docker(tmp_path, "glm47-flash")
-    (project_dir / "docker-compose.yml").write_text("services: {}\n")
-    result = run_cli("smollm2-135m-cpu", "-d", "--build", project=project_dir,
-                     env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
     if not (weights_dir() / ".complete").exists():   # ./runMe.sh test prepares it
         if os.environ.get("CI"):
             pytest.fail(f"the prepared checkpoint is missing: {weights_dir()}")
         pytest.skip("the prepared checkpoint is not there (./runMe.sh test prepares it)")
+    bin_dir, state = fake_docker(tmp_path, "glm47-flash")
+    (project_dir / "docker-compose.yml").write_text("services: {}\n")
+    result = run_cli("smollm2-135m-cpu", "-d", "--build", project=project_dir,
+                     env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
     assert result.code == 0, result.err
     compose, cpu = (str(project_dir / name) for name in ("docker-compose.yml",
                                                         "docker-compose.cpu.yml"))

@@ -107,7 +107,9 @@ def parse_inspect(text: str) -> list[Container]:
 def containers(compose: list[str]) -> list[Container]:
     """Our stack's containers (any state); [] when nothing of ours exists."""
     try:
-        ids = subprocess.run([*compose, "ps", "-q"], capture_output=True, text=True, timeout=60)
+        # -a: compose v2 lists only running containers without it (1.29 lists all anyway)
+        ids = subprocess.run([*compose, "ps", "-a", "-q"], capture_output=True, text=True,
+                             timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         raise UserError("docker compose ps did not answer; check the Docker engine") from None
     found = ids.stdout.split()

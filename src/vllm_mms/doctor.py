@@ -225,9 +225,9 @@ def check_compose(compose: list[str]) -> list[Check]:
     checks = []
     for service in (*SERVICE_ORDER, *sorted(set(found) - set(SERVICE_ORDER))):
         c = found.get(service)
+        logs = {"litellm": "./runMe.sh logs proxy", "litellm_db": "./runMe.sh logs db"}
         hint = ("the engine loads for minutes after start; watch ./runMe.sh logs engine"
-                if service.startswith("vllm-node") else
-                f"./runMe.sh logs {'proxy' if service == 'litellm' else 'db'}")
+                if service.startswith("vllm-node") else logs.get(service, f"docker logs {service}"))
         shown = "missing" if c is None else c.state + (f" ({c.health})" if c.health else "")
         checks.append(Check("ok" if c is not None and c.good else "fail", f"service {service}",
                             shown, hint))

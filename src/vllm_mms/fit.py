@@ -403,9 +403,10 @@ def estimate(shape: Shape, plan: Plan, memory: Memory) -> Estimate:
 def max_free_utilization(memory: Memory) -> Optional[float]:
     """The highest --gpu-memory-utilization that passes vLLM's start-up check with a margin:
     available/total - FREE_MARGIN, rounded down to 0.01. None when that is not known."""
-    if not memory.unified or memory.available is None or memory.cpu:
+    if not memory.unified or memory.available is None or memory.cpu or memory.per_device <= 0:
         return None
-    return math.floor((memory.available / memory.per_device - FREE_MARGIN) * 100 + 1e-9) / 100
+    highest = math.floor((memory.available / memory.per_device - FREE_MARGIN) * 100 + 1e-9) / 100
+    return highest if highest > 0 else None  # nothing is free enough for any utilization
 
 
 def suggestions(shape: Shape, plan: Plan, memory: Memory) -> list[str]:
@@ -494,6 +495,9 @@ def check(resolved: Resolved, *, gpu_memory: Optional[float] = None, nodes: int 
         highest = max_free_utilization(memory)
         if est.free_ok:
             lines.append(f"  free check: ok ({spare / GiB:.1f} GiB to spare)")
+        elif highest is None:
+            lines.append("  free check: fails: too little memory is free for any "
+                         "--gpu-memory-utilization; stop what uses it (free -g)")
         else:
             lines.append(f"  free check: fails: lower --gpu-memory-utilization to {highest:.2f} "
                          f"or less (available/total - {FREE_MARGIN:g})")
@@ -510,9 +514,9 @@ def check(resolved: Resolved, *, gpu_memory: Optional[float] = None, nodes: int 
     ]
     if not est.starts:
         changes = suggestions(shape, plan, memory)
-        if not est.free_ok and not changes:
+        if not est.free_ok and not changes and max_free_utilization(memory) is not None:
             lower = Plan(**{**plan.__dict__,
-                            "gpu_memory_utilization": max_free_utilization(memory) or 0.0})
+                            "gpu_memory_utilization": max_free_utilization(memory)})
             then = estimate(shape, lower, memory)
             est.problems.append(f"at --gpu-memory-utilization {lower.gpu_memory_utilization:.2f} "
                                 f"weights + overhead + one full sequence need "

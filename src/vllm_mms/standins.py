@@ -31,12 +31,12 @@ STANDINS = ROOT / "tests" / "compose" / "standins"
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
-RECIPE = "1"
+RECIPE = "1"  # bump to rebuild every stand-in
 # Wheels the stand-in's glibc (bookworm: 2.36) takes, most specific first, as its own pip
 # would rank them; pip does not widen a single --platform.
 WHEEL_PLATFORMS = (*[f"manylinux_2_{minor}_x86_64" for minor in range(36, 4, -1)],
                    "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64",
-                   "linux_x86_64")  # bump to rebuild every stand-in
+                   "linux_x86_64")
 
 
 def say(msg: str) -> None:
@@ -120,9 +120,15 @@ def debian_image() -> str:
         _run(["debootstrap", "--variant=minbase", DEBIAN_SUITE, str(root), DEBIAN_MIRROR],
              f"debootstrap {DEBIAN_SUITE} (one time, ~1 min)", work / "debootstrap.log")
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-        _run(["docker", "import", "-", tag], f"docker import {tag}", work / "import.log",
-             stdin=tar.stdout)
-        tar.wait()
+        try:
+            _run(["docker", "import", "-", tag], f"docker import {tag}", work / "import.log",
+                 stdin=tar.stdout)
+        finally:
+            tar.stdout.close()  # type: ignore[union-attr]
+            packed = tar.wait()
+        if packed != 0:  # a partial root must not stay cached under the tag
+            subprocess.run(["docker", "image", "rm", tag], capture_output=True)
+            raise UserError(f"tar of the {DEBIAN_SUITE} root failed (exit {packed})")
     return tag
 
 
@@ -137,13 +143,16 @@ def _context(files: list[str]) -> tempfile.TemporaryDirectory:
     tmp = tempfile.TemporaryDirectory(dir=cache_dir() / "standins")
     for name in files:
         shutil.copy2(STANDINS / name, Path(tmp.name) / name)
-    shutil.copy2(HOST_CA, Path(tmp.name) / "host-ca-certificates.crt")
+    # pip in the image trusts what the host trusts (TLS may be intercepted on the way to PyPI)
+    ca = Path(tmp.name) / "host-ca-certificates.crt"
+    ca.write_bytes(HOST_CA.read_bytes() if HOST_CA.is_file() else b"")
     return tmp
 
 
 def python_image(debian: str) -> str:
     files = ["python.Dockerfile"]
-    tag = f"mms-standin-python:3.11-{_digest(debian.encode(), HOST_CA.read_bytes(), *[(STANDINS / f).read_bytes() for f in files])}"
+    host_ca = HOST_CA.read_bytes() if HOST_CA.is_file() else b""
+    tag = f"mms-standin-python:3.11-{_digest(debian.encode(), host_ca, *[(STANDINS / f).read_bytes() for f in files])}"
     if not _image_exists(tag):
         with _context(files) as ctx:
             _build(tag, "python.Dockerfile", Path(ctx), {"DEBIAN_IMAGE": debian},

@@ -251,7 +251,10 @@ def switch_compose(project: Project, compose: list[str], name: str, force: bool)
         raise UserError(f"switch moves one engine, and {old} runs {running} replicas: "
                         f"./runMe.sh down && ./runMe.sh {name} --replicas {running}")
     new: Resolved = resolve(project, name)
-    previous: Optional[Resolved] = resolve(project, old) if old else None
+    try:  # the running model's file may be gone or broken: then there is no rollback
+        previous: Optional[Resolved] = resolve(project, old) if old else None
+    except UserError:
+        previous = None
     from .compose import is_cpu_model
 
     if previous is not None and is_cpu_model(previous) != is_cpu_model(new):

@@ -37,7 +37,10 @@ def ensure_compose_suite(pytest_args: list[str]) -> None:
     """The Compose suite's Docker engine and stand-in images, built here (with progress in
     the log) rather than silently inside a pytest fixture. Skipped when the run deselects it."""
     selection = " ".join(pytest_args)
-    if "not e2e" in selection or "not compose" in selection:
+    paths = [a for a in pytest_args if not a.startswith("-") and a.startswith("tests")]
+    if "not e2e" in selection or "not compose" in selection or (
+            paths and not any(p.rstrip("/") in ("tests", "tests/compose")
+                              or p.startswith("tests/compose/") for p in paths)):
         return
     from .errors import UserError
     from .standins import ensure_standins

@@ -147,17 +147,21 @@ def stack(tmp_path_factory) -> ComposeStack:
                MMS_STATE_DIR=str(home / "state"), LITELLM_PORT=str(local.free_port()))
     env.pop("PYTHONPATH", None)
     result = ComposeStack(root, env, int(env["LITELLM_PORT"]))
-    start = time.monotonic()
-    up = result.run(MODEL, "-d", "--build", timeout=3600)
-    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-    # compose's `up -d` returns once the engine is healthy and the proxy started
-    result.note("build + up -d (with --build)", time.monotonic() - start)
-    result.wait_serving("first 200 after up -d returned")
-    yield result
-    down = subprocess.run(["docker-compose", "-f", str(root / "docker-compose.yml"), "down",
-                           "-v", "--remove-orphans"], capture_output=True, text=True, env=env,
-                          cwd=root, timeout=300)
-    assert down.returncode == 0, down.stderr
+    try:
+        start = time.monotonic()
+        up = result.run(MODEL, "-d", "--build", timeout=3600)
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        # compose's `up -d` returns once the engine is healthy and the proxy started
+        result.note("build + up -d (with --build)", time.monotonic() - start)
+        result.wait_serving("first 200 after up -d returned")
+        yield result
+    finally:  # whatever happened: no container, network or volume of the test stays
+        for name in ("prometheus",):
+            docker("rm", "-f", name)
+        down = subprocess.run(["docker-compose", "-f", str(root / "docker-compose.yml"), "down",
+                               "-v", "--remove-orphans"], capture_output=True, text=True,
+                              env=env, cwd=root, timeout=300)
+        assert down.returncode == 0, down.stderr
 
 
 def test_three_services_healthy_in_order(stack):
@@ -297,7 +301,10 @@ def test_docker_stop_delivers_sigterm_and_vllm_exits_in_the_grace_period(stack):
     assert "vllm-node:   DOWN  exited  container vllm-container" in status.stdout
     doctor = stack.run("doctor")
     assert "fail  service vllm-node: exited" in doctor.stdout.splitlines()
-    assert stack.chat().status_code >= 500
+    try:  # the proxy may answer an error or wait for the connection: never a 200
+        assert stack.chat(timeout=15).status_code != 200
+    except httpx.TimeoutException:
+        pass
     assert docker("start", "vllm-container").returncode == 0
     stack.wait_serving("docker start → first 200")
 
@@ -307,7 +314,11 @@ def test_engine_killed_is_restarted_and_the_proxy_answers_without_its_own_restar
     start = time.monotonic()
     # SIGKILL to vLLM from outside docker (as the OOM killer would): `docker kill` counts as
     # a deliberate stop, which restart: unless-stopped leaves alone.
-    os.kill(inspect("vllm-container")["State"]["Pid"], signal.SIGKILL)
+    engine = inspect("vllm-container")
+    pid = engine["State"]["Pid"]
+    # the host pid is only meaningful with a local daemon: make sure it is this engine's vLLM
+    assert b"vllm.entrypoints.openai.api_server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    os.kill(pid, signal.SIGKILL)
     time.sleep(2)
     assert health("vllm-container") in ("running starting", "restarting")
     assert stack.run("status").returncode == 1
