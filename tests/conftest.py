@@ -95,7 +95,7 @@ if args[:2] == ["compose", "version"]:
     print("Docker Compose version v2.30.0")
 elif args[:2] == ["ps", "-q"]:
     pass
-elif args[0] == "compose" and args[-3:] == ["ps", "-a", "-q"]:
+elif args[:4] == ["ps", "-a", "-q", "--filter"]:
     print("\\n".join(c["Id"] for c in containers))
 elif args[:2] == ["info", "--format"]:
     print(json.dumps({{"nvidia": {{}}, "runc": {{}}}}))

@@ -100,7 +100,7 @@ def test_status_and_logs_in_compose_mode_issue_the_exact_commands(project_dir, t
     assert run_cli("logs", "proxy", "-f", project=project_dir, env=env).code == 0
     assert run_cli("logs", project=project_dir, env=env).code == 0
     assert record.read_text().splitlines() == [
-        f"compose -f {compose_file} ps -a -q",
+        "ps -a -q --filter label=com.docker.compose.project=project",
         f"compose -f {compose_file} logs -f litellm",
         f"compose -f {compose_file} logs",
     ]
@@ -212,3 +212,17 @@ def test_the_engine_environment_is_refused_where_its_lock_does_not_install(
         f"with CPython 3.11; this is {machine} with Python {version[0]}.{version[1]}. On x86_64 "
         "set MMS_PYTHON to a Python 3.11; elsewhere run the model in Docker (MODEL=NAME "
         "./runMe.sh) or regenerate the lock (README, Installation details)\n")
+
+
+@pytest.mark.parametrize("directory, environ, name", [
+    ("vllm-mms", {}, "vllm-mms"), ("My Checkout.v2", {}, "mycheckoutv2"),
+    ("x", {"COMPOSE_PROJECT_NAME": "Stack_1"}, "stack_1"),
+])
+def test_compose_project_name_as_compose_derives_it(directory, environ, name, monkeypatch,
+                                                    tmp_path):
+    from vllm_mms.compose import project_name
+
+    monkeypatch.delenv("COMPOSE_PROJECT_NAME", raising=False)
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    assert project_name(tmp_path / directory) == name

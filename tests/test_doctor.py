@@ -56,9 +56,8 @@ def test_compose_mode_checks_services_config_and_network(project_dir, tmp_path):
     assert "ok    generated config: present in the engine container" in lines
     assert "fail  proxy → engine: the proxy container cannot reach vllm-node:8000" in lines
     assert result.code == 1 and lines[-1] == "2 checks failed"
-    compose_file = project_dir / "docker-compose.yml"
     calls = record.read_text().splitlines()
-    assert f"compose -f {compose_file} ps -a -q" in calls
+    assert "ps -a -q --filter label=com.docker.compose.project=project" in calls
     assert "inspect id-vllm-container id-litellm-container id-litellm_db" in calls
     assert ("exec litellm-container python3 -c import urllib.request; urllib.request.urlopen("
             "'http://vllm-node:8000/health', timeout=5)") in calls

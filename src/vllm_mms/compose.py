@@ -5,6 +5,8 @@ docker-compose 1.x, whose `ps` output formats differ)."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -104,14 +106,24 @@ def parse_inspect(text: str) -> list[Container]:
     return sorted(out, key=order)
 
 
+def project_name(root: Path) -> str:
+    """Compose's project name for a checkout: COMPOSE_PROJECT_NAME, else the directory's name
+    lowercased with what compose drops removed (both compose versions label containers so)."""
+    name = os.environ.get("COMPOSE_PROJECT_NAME") or root.name
+    return re.sub(r"[^-_a-z0-9]", "", name.lower())
+
+
 def containers(compose: list[str]) -> list[Container]:
-    """Our stack's containers (any state); [] when nothing of ours exists."""
+    """Our stack's containers in any state, replicas from the override file included; []
+    when nothing of ours exists. Found by compose's project label rather than `compose ps`,
+    which lists only the services of the files it is given (and v2 only running ones)."""
+    root = Path(compose[compose.index("-f") + 1]).parent
     try:
-        # -a: compose v2 lists only running containers without it (1.29 lists all anyway)
-        ids = subprocess.run([*compose, "ps", "-a", "-q"], capture_output=True, text=True,
-                             timeout=60)
+        ids = subprocess.run(["docker", "ps", "-a", "-q", "--filter",
+                              f"label=com.docker.compose.project={project_name(root)}"],
+                             capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
-        raise UserError("docker compose ps did not answer; check the Docker engine") from None
+        raise UserError("docker ps did not answer; check the Docker engine") from None
     found = ids.stdout.split()
     if ids.returncode != 0 or not found:
         return []

@@ -198,7 +198,7 @@ def test_litellm_on_aarch64_answers_through_local_modes_proxy(arm_root, arm_tool
             for line in log.read_text().splitlines():  # the proxy has its own session
                 if line.startswith("proxy pid") and local.alive(int(line.split()[-1])):
                     local.terminate([int(line.split()[-1])], grace=5)
-    print(f"\n[aarch64] timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in TIMINGS.items()))
+    print("\n[aarch64] timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in TIMINGS.items()))
 
 
 def _lock_entry(lock: Path, package: str) -> str:
