@@ -24,7 +24,7 @@ import pytest
 
 from vllm_mms import config, emulation, local
 
-from ..conftest import REAL_CACHE, ROOT
+from ..conftest import ROOT
 from .conftest import MASTER_KEY, RECORDING_MODEL, copy_project, free_port
 from .upstream import RecordingUpstream
 
@@ -86,8 +86,12 @@ def in_root(root: Path, argv: list[str], scratch: Path, timeout: float = 900,
 
 def on_host(argv: list[str], scratch: Path) -> subprocess.CompletedProcess:
     """The same CLI on the host, with the same clean environment apart from the machine."""
+    # An empty cache like the root's: fit reads a prepared checkpoint from the cache, and the
+    # host's real one has it (the root's does not), which would change fit's numbers.
+    empty_cache = scratch / "host-cache"
+    empty_cache.mkdir(exist_ok=True)
     env = {**emulation.root_environment(_env(scratch)), "PATH": os.environ["PATH"],
-           "MMS_CACHE_DIR": str(REAL_CACHE), "PYTHONPATH": str(ROOT / "src"),
+           "MMS_CACHE_DIR": str(empty_cache), "PYTHONPATH": str(ROOT / "src"),
            "HOME": os.environ["HOME"]}
     return subprocess.run([sys.executable, "-m", "vllm_mms", *argv], capture_output=True,
                           text=True, env=env, cwd=scratch, timeout=120)
