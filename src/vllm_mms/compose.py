@@ -99,6 +99,7 @@ def parse_inspect(text: str) -> list[Container]:
             started_at=str(state.get("StartedAt", "")),
             pid=int(state.get("Pid") or 0)))
     rank = {name: i for i, name in enumerate(SERVICE_ORDER)}
+
     def order(c: Container) -> tuple[int, str]:  # replicas vllm-node-K sort with vllm-node
         base = "vllm-node" if c.service.startswith("vllm-node") else c.service
         return rank.get(base, len(rank)), c.service
