@@ -149,41 +149,40 @@ def _context(files: list[str]) -> tempfile.TemporaryDirectory:
     return tmp
 
 
-def python_image(debian: str) -> str:
-    files = ["python.Dockerfile"]
-    host_ca = HOST_CA.read_bytes() if HOST_CA.is_file() else b""
-    tag = f"mms-standin-python:3.11-{_digest(debian.encode(), host_ca, *[(STANDINS / f).read_bytes() for f in files])}"
+def _debian_standin(image: str, files: list[str], debian: str, label: str,
+                    *extra_inputs: bytes) -> str:
+    """A stand-in built FROM the debootstrapped root, from files[0] (a Dockerfile) and the
+    files beside it; tagged by the hash of all its inputs, built only when that tag is new."""
+    inputs = [debian.encode(), *extra_inputs, *[(STANDINS / f).read_bytes() for f in files]]
+    tag = f"{image}-{_digest(*inputs)}"
     if not _image_exists(tag):
         with _context(files) as ctx:
-            _build(tag, "python.Dockerfile", Path(ctx), {"DEBIAN_IMAGE": debian},
-                   "building the python:3.11-slim stand-in")
+            _build(tag, files[0], Path(ctx), {"DEBIAN_IMAGE": debian},
+                   f"building the {label} stand-in")
     return tag
+
+
+def python_image(debian: str) -> str:
+    host_ca = HOST_CA.read_bytes() if HOST_CA.is_file() else b""
+    return _debian_standin("mms-standin-python:3.11", ["python.Dockerfile"], debian,
+                           "python:3.11-slim", host_ca)
 
 
 def postgres_image(debian: str) -> str:
-    files = ["postgres.Dockerfile", "postgres-entrypoint.sh"]
-    tag = f"mms-standin-postgres:16-{_digest(debian.encode(), *[(STANDINS / f).read_bytes() for f in files])}"
-    if not _image_exists(tag):
-        with _context(files) as ctx:
-            _build(tag, "postgres.Dockerfile", Path(ctx), {"DEBIAN_IMAGE": debian},
-                   "building the postgres:16 stand-in")
-    return tag
+    return _debian_standin("mms-standin-postgres:16",
+                           ["postgres.Dockerfile", "postgres-entrypoint.sh"], debian, "postgres:16")
 
 
 def prometheus_image(debian: str) -> str:
-    files = ["prometheus.Dockerfile"]
-    tag = f"mms-standin-prometheus:2-{_digest(debian.encode(), *[(STANDINS / f).read_bytes() for f in files])}"
-    if not _image_exists(tag):
-        with _context(files) as ctx:
-            _build(tag, "prometheus.Dockerfile", Path(ctx), {"DEBIAN_IMAGE": debian},
-                   "building the prom/prometheus stand-in")
-    return tag
+    return _debian_standin("mms-standin-prometheus:2", ["prometheus.Dockerfile"], debian,
+                           "prom/prometheus")
 
 
 def engine_image(python: str) -> str:
     lock = ROOT / "requirements" / "engine-cpu.txt"
     files = ["engine-cpu.Dockerfile", "vllm-serve-shim.sh"]
-    tag = f"mms-standin-vllm-cpu:0.32.0-{_digest(python.encode(), lock.read_bytes(), *[(STANDINS / f).read_bytes() for f in files])}"
+    inputs = [python.encode(), lock.read_bytes(), *[(STANDINS / f).read_bytes() for f in files]]
+    tag = f"mms-standin-vllm-cpu:0.32.0-{_digest(*inputs)}"
     if _image_exists(tag):
         return tag
     wheels = cache_dir() / "standins" / f"wheels-{_digest(lock.read_bytes())}"
