@@ -18,7 +18,7 @@ COPY src ./src
 COPY litellm_config.template.yaml ./
 COPY scripts ./scripts
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
-    && python3 -c "import vllm_mms.container"
+    && python3 -c "import vllm_mms.stack.container"
 
 ENV MMS_PROJECT_DIR=/app MMS_GENERATED_DIR=/app/generated_configs
 EXPOSE 8000

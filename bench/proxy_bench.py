@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from vllm_mms import local  # noqa: E402
-from vllm_mms.render import render  # noqa: E402
-from vllm_mms.resolve import Project, resolve  # noqa: E402
+from vllm_mms.config.resolve import Project, resolve  # noqa: E402
+from vllm_mms.stack.render import render  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
 MODEL_TOKENS = 64

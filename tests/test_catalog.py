@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_mms import engine
-from vllm_mms.resolve import Project, resolve
+from vllm_mms.config.resolve import Project, resolve
+from vllm_mms.engine import serve
 
 from .conftest import ROOT, run_cli
 
@@ -50,7 +50,7 @@ def test_every_catalog_file_is_covered():
 @pytest.mark.parametrize("name", sorted(EXPECTED_ARGV))
 def test_exact_container_argv(name, project_dir):
     resolved = resolve(Project(project_dir), name, environ={})
-    assert engine.engine_argv(resolved, host="0.0.0.0", port=8000) == EXPECTED_ARGV[name]
+    assert serve.engine_argv(resolved, host="0.0.0.0", port=8000) == EXPECTED_ARGV[name]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_ARGV))
@@ -78,7 +78,7 @@ def test_agent_models_start_with_a_tool_call_parser():
 
 def test_local_cpu_argv_uses_the_api_server_module_and_the_prepared_weights(project_dir):
     resolved = resolve(Project(project_dir), "smollm2-135m-cpu", environ={})
-    argv = engine.engine_argv(resolved, host="127.0.0.1", port=8123,
+    argv = serve.engine_argv(resolved, host="127.0.0.1", port=8123,
                               cpu_python="/venv/bin/python", weights=Path("/cache/smollm2"))
     assert argv == [
         "/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model",
@@ -102,7 +102,7 @@ def test_dynamic_flags_replace_values_already_in_the_line(line, expected_tail, p
     (project_dir / "models" / "custom.yml").write_text(
         f"description: d\ncommand: {line}\nenv: {{}}\nlitellm: {{}}\n")
     resolved = resolve(Project(project_dir), "custom", environ={})
-    assert engine.engine_argv(resolved, host="0.0.0.0", port=8000) == [
+    assert serve.engine_argv(resolved, host="0.0.0.0", port=8000) == [
         "vllm", "serve", "m", *expected_tail, *TAIL]
 
 
@@ -114,13 +114,13 @@ def test_engine_environment_layers_and_secrets(project_dir):
     (project_dir / "secrets" / "VLLM_API_KEY").write_text("internal-key\r\n")
     resolved = resolve(Project(project_dir), "custom",
                        environ={"NCCL_SOCKET_IFNAME": "ib0", "UNRELATED": "1"})
-    key = engine.internal_api_key(resolved)
-    env = engine.engine_environment(resolved, key, {"PATH": "/bin"})
+    key = serve.internal_api_key(resolved)
+    env = serve.engine_environment(resolved, key, {"PATH": "/bin"})
     assert env == {"PATH": "/bin", "NCCL_SOCKET_IFNAME": "ib0", "NCCL_IB_DISABLE": "0",
                    "VLLM_X": "1", "HF_TOKEN": "hf_abc", "VLLM_API_KEY": "internal-key"}
 
 
 def test_internal_key_is_fresh_per_start_without_a_secret(project_dir):
     resolved = resolve(Project(project_dir), "glm47-flash", environ={})
-    first, second = engine.internal_api_key(resolved), engine.internal_api_key(resolved)
+    first, second = serve.internal_api_key(resolved), serve.internal_api_key(resolved)
     assert first != second and first.startswith("sk-engine-") and len(first) > 30

@@ -220,7 +220,7 @@ def test_the_engine_environment_is_refused_where_its_lock_does_not_install(
 ])
 def test_compose_project_name_as_compose_derives_it(directory, environ, name, monkeypatch,
                                                     tmp_path):
-    from vllm_mms.compose import project_name
+    from vllm_mms.stack.compose import project_name
 
     monkeypatch.delenv("COMPOSE_PROJECT_NAME", raising=False)
     for key, value in environ.items():

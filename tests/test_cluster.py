@@ -11,9 +11,9 @@ import subprocess
 import pytest
 import yaml
 
-from vllm_mms import cluster
+from vllm_mms.config.resolve import Project, resolve
 from vllm_mms.errors import UserError
-from vllm_mms.resolve import Project, resolve
+from vllm_mms.stack import cluster
 
 from .conftest import ROOT, run_cli
 from .test_switch import calls, fake_docker
@@ -47,10 +47,10 @@ def test_head_and_worker_commands(project_dir):
 
 
 def test_network_variables_reach_both_roles_from_vars_env(project_dir):
-    from vllm_mms import engine
+    from vllm_mms.engine import serve
 
     for vars_env, ip in ((HEAD_VARS, "192.168.100.1"), (WORKER_VARS, "192.168.100.2")):
-        env = engine.engine_environment(node(project_dir, vars_env), "sk-x", {})
+        env = serve.engine_environment(node(project_dir, vars_env), "sk-x", {})
         assert {k: env[k] for k in ("VLLM_HOST_IP", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME",
                                     "NCCL_IB_HCA", "NCCL_IB_DISABLE")} == {
             "VLLM_HOST_IP": ip, "NCCL_SOCKET_IFNAME": "enp1s0f1np1",
@@ -121,7 +121,7 @@ def test_fit_counts_both_nodes(project_dir, tmp_path):
                   env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
     assert (one.code, one.err) == (1, "error: vars.env: CLUSTER_NODES: Input should be greater "
                                       "than or equal to 2\n")
-    from vllm_mms import fit
+    from vllm_mms.engine import fit
 
     single = fit.check(node(project_dir, HEAD_VARS, "step-3.5-flash"))
     double = fit.check(node(project_dir, HEAD_VARS, "step-3.5-flash"), nodes=2, parallel=2)
@@ -306,11 +306,11 @@ def test_cluster_commands_add_the_infiniband_override_when_present(project_dir, 
 
 
 def test_ucx_openmpi_and_torch_distributed_variables_pass_through(project_dir):
-    from vllm_mms import engine
+    from vllm_mms.engine import serve
 
     extra = ("UCX_NET_DEVICES=enp1s0f1np1\nOMPI_MCA_btl_tcp_if_include=enp1s0f1np1\n"
              "TP_SOCKET_IFNAME=enp1s0f1np1\nMASTER_ADDR=192.168.100.1\n")
-    env = engine.engine_environment(node(project_dir, WORKER_VARS + extra), "", {})
+    env = serve.engine_environment(node(project_dir, WORKER_VARS + extra), "", {})
     assert {k: env[k] for k in ("UCX_NET_DEVICES", "OMPI_MCA_btl_tcp_if_include",
                                 "TP_SOCKET_IFNAME", "MASTER_ADDR")} == {
         "UCX_NET_DEVICES": "enp1s0f1np1", "OMPI_MCA_btl_tcp_if_include": "enp1s0f1np1",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_mms.config import parse_size
-from vllm_mms.resolve import Project, resolve
+from vllm_mms.config.resolve import Project, resolve
+from vllm_mms.config.schema import parse_size
 
 MODEL = """\
 description: test model

@@ -97,7 +97,7 @@ def test_proxy_entrypoint_execs_the_gated_proxy_with_keys_in_its_environment(pro
     seen = json.loads(record.read_text())
     generated = tmp_path / "generated"
     assert seen["pid"] == proc.pid
-    assert seen["argv"][1:] == ["-m", "vllm_mms.gateway", "--config", str(generated / "config.yaml"), "--host", "0.0.0.0",
+    assert seen["argv"][1:] == ["-m", "vllm_mms.proxy.gateway", "--config", str(generated / "config.yaml"), "--host", "0.0.0.0",
                                 "--port", "4000"]
     assert seen["master_key"] == "sk-master-canary"
     assert seen["engine_key"] == (generated / ".engine_api_key").read_text()

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from vllm_mms.docs import SCHEMA_FILE, configuration_markdown, model_schema
-from vllm_mms.lockcheck import parse_lock, select, targets_for
+from vllm_mms.config.docs import SCHEMA_FILE, configuration_markdown, model_schema
+from vllm_mms.dev.lockcheck import parse_lock, select, targets_for
 
 from .conftest import ROOT, run_cli
 

@@ -3,7 +3,6 @@ it issues in compose mode (through a stand-in `docker` that plays a healthy stac
 
 from __future__ import annotations
 
-
 from .conftest import container, docker_stand_in, run_cli
 
 # No `docker` on this PATH: the tests hold whether or not the machine runs a Docker engine.
@@ -103,7 +102,7 @@ def test_memory_fit_of_the_model_that_starts_next(project_dir, tmp_path):
 
 
 def test_shared_limits_redis_is_checked_without_showing_its_url(project_dir, tmp_path):
-    from vllm_mms.local import free_port
+    from vllm_mms.stack.local import free_port
 
     port = free_port()
     (project_dir / "secrets" / "PROXY_REDIS_URL").write_text(

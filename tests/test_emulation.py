@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_mms import emulation
+from vllm_mms.dev import emulation
 
 
 def test_not_root_is_one_clear_line(monkeypatch):

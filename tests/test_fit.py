@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from vllm_mms import fit
+from vllm_mms.engine import fit
 
 from .conftest import ROOT, run_cli
 
@@ -92,7 +92,7 @@ def test_the_cpu_engine_needs_its_weights_and_runtime_inside_its_share():
     """vLLM's CPU worker gives the KV cache its share of the node minus what the process
     already holds, and refuses to start when nothing is left (as two CPU replicas at 0.05
     each did): a 1 GiB share cannot hold the runtime, the weights and one sequence."""
-    from vllm_mms import fit
+    from vllm_mms.engine import fit
 
     per_node = fit.meminfo()["MemTotal"] / fit.numa_nodes()
     share = f"{1.0 * fit.GiB / per_node:.4f}"
@@ -191,7 +191,7 @@ def test_force_starts_anyway(project_dir, tmp_path):
 
 
 def test_every_catalog_model_has_architecture_numbers():
-    from vllm_mms.config import available_models, load_model_file
+    from vllm_mms.config.schema import available_models, load_model_file
 
     for name in available_models(ROOT / "models"):
         model = load_model_file(ROOT / "models" / f"{name}.yml")
@@ -275,15 +275,16 @@ def test_no_gpu_detected_assumes_one_dgx_spark(project_dir):
 
 def test_every_catalog_model_passes_the_free_check_and_fits_on_sparks(project_dir, monkeypatch):
     """On the assumed Spark(s): one node, or one per GPU over Ray for tensor parallel."""
-    from vllm_mms import config, engine
-    from vllm_mms.resolve import Project, resolve
+    from vllm_mms.config import schema
+    from vllm_mms.config.resolve import Project, resolve
+    from vllm_mms.engine import serve
 
     monkeypatch.setattr(fit, "detect_gpus", lambda: None)  # whatever this machine has
-    for name in config.available_models(ROOT / "models"):
+    for name in schema.available_models(ROOT / "models"):
         resolved = resolve(Project(project_dir), name)
         if resolved.model.local_weights:
             continue  # the CPU model: local mode only
-        gpus = engine.gpu_count(config.parse_command(resolved.model.command))
+        gpus = serve.gpu_count(schema.parse_command(resolved.model.command))
         verdict = fit.check(resolved, nodes=gpus, parallel=gpus if gpus > 1 else None)
         assert verdict.fits, "\n".join(verdict.lines)
         free = [line for line in verdict.lines if line.startswith("  free check:")]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from vllm_mms.gateway import RouteGate
+from vllm_mms.proxy.gateway import RouteGate
 
 
 def call(path: str, headers: dict[str, str], monkeypatch, master: str = "sk-master") -> tuple[int, dict]:

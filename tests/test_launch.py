@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_mms.launch import Target, check_context, client_setup
 from vllm_mms.errors import UserError
+from vllm_mms.ops.agents import Target, check_context, client_setup
 
 from .conftest import run_cli
 from .e2e.upstream import RecordingUpstream

@@ -6,7 +6,7 @@ ${MMS_CACHE_DIR}/lock-check/, so later runs read no network.
 `pip download --platform --python-version` alone is not enough: pip evaluates environment
 markers for the interpreter running it, not the target (with 3.11.7 running it, a
 `--python-version 3.11.2` download of redis 8.1.0 passes without async-timeout). So
-vllm_mms.lockcheck evaluates markers itself and pip only fetches the selected files."""
+vllm_mms.dev.lockcheck evaluates markers itself and pip only fetches the selected files."""
 
 from __future__ import annotations
 
@@ -17,8 +17,15 @@ import urllib.request
 
 import pytest
 
-from vllm_mms import lockcheck
-from vllm_mms.lockcheck import Cache, Target, best_wheel, check, parse_lock, targets_for
+from vllm_mms.dev import lockcheck
+from vllm_mms.dev.lockcheck import (
+    Cache,
+    Target,
+    best_wheel,
+    check,
+    parse_lock,
+    targets_for,
+)
 
 from .conftest import ROOT
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_mms import cli, pull
+from vllm_mms import cli
+from vllm_mms.engine import pull
 
 from .conftest import ROOT, run_cli
 

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 import yaml
 
-from vllm_mms.render import COMPOSE_API_BASE, render
-from vllm_mms.resolve import Project, resolve
+from vllm_mms.config.resolve import Project, resolve
+from vllm_mms.stack.render import COMPOSE_API_BASE, render
 
 from .conftest import run_cli
 
@@ -29,12 +29,12 @@ def test_rendered_config_for_glm(project_dir, tmp_path):
                                        "max_input_tokens": 131072, "max_output_tokens": 32768}
     assert config["litellm_settings"] == {
         "drop_params": True, "request_timeout": 600, "num_retries": 0,
-        "callbacks": ["vllm_mms.proxy_hooks.proxy_handler", "prometheus"]}
+        "callbacks": ["vllm_mms.proxy.hooks.proxy_handler", "prometheus"]}
     assert config["router_settings"] == {"routing_strategy": "simple-shuffle", "num_retries": 0,
                                          "timeout": 600, "allowed_fails": 0, "cooldown_time": 10}
     assert config["general_settings"] == {
         "master_key": "os.environ/LITELLM_MASTER_KEY",
-        "custom_auth": "vllm_mms.proxy_hooks.custom_auth"}
+        "custom_auth": "vllm_mms.proxy.hooks.custom_auth"}
     models = yaml.safe_load(written["models.yml"].read_text())
     assert models["sampling"] == {"temperature": {"value": 0.7, "enforce": False},
                                   "top_p": {"value": 1.0, "enforce": False},
@@ -50,7 +50,7 @@ def test_proxy_metrics_can_be_turned_off(project_dir, tmp_path):
     project = Project(project_dir)
     resolved = resolve(project, "glm47-flash", environ={"PROXY_METRICS": "false"})
     config = yaml.safe_load(render(project, resolved, tmp_path)["config.yaml"].read_text())
-    assert config["litellm_settings"]["callbacks"] == ["vllm_mms.proxy_hooks.proxy_handler"]
+    assert config["litellm_settings"]["callbacks"] == ["vllm_mms.proxy.hooks.proxy_handler"]
 
 
 def test_unresolved_placeholder_is_an_error(project_dir, tmp_path):

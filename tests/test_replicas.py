@@ -11,9 +11,10 @@ import subprocess
 import pytest
 import yaml
 
-from vllm_mms import engine, replicas
-from vllm_mms.render import render
-from vllm_mms.resolve import Project, resolve
+from vllm_mms.config.resolve import Project, resolve
+from vllm_mms.engine import serve
+from vllm_mms.stack import replicas
+from vllm_mms.stack.render import render
 
 from .conftest import ROOT, run_cli
 from .test_switch import calls, fake_docker
@@ -147,9 +148,9 @@ def test_render_replicas_flag_prints_the_shared_memory_split(project_dir, tmp_pa
 ])
 def test_replicas_sharing_a_device_split_its_memory(project_dir, command, sharing, expected):
     write_model(project_dir, "split", command=command)
-    argv = engine.engine_argv(resolve(Project(project_dir), "split", environ={}), host="h",
+    argv = serve.engine_argv(resolve(Project(project_dir), "split", environ={}), host="h",
                               port=1, sharing=sharing)
-    assert engine.flag_value(argv, "--gpu-memory-utilization") == expected
+    assert serve.flag_value(argv, "--gpu-memory-utilization") == expected
     assert argv.count("--gpu-memory-utilization") + sum(
         a.startswith("--gpu-memory-utilization=") for a in argv) == 1
 
@@ -298,8 +299,8 @@ def test_prompt_tokens_are_counted_on_a_live_replica_when_the_first_is_down(monk
     import json
     import threading
 
-    from vllm_mms.local import free_port
-    from vllm_mms.proxy_hooks import count_prompt_tokens
+    from vllm_mms.proxy.hooks import count_prompt_tokens
+    from vllm_mms.stack.local import free_port
 
     seen = []
 

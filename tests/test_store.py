@@ -8,8 +8,8 @@ import time
 import pytest
 
 from vllm_mms.errors import UserError
-from vllm_mms.store import Store, hash_key
-from vllm_mms.usage import UsageQueue
+from vllm_mms.proxy.store import Store, hash_key
+from vllm_mms.proxy.usage_queue import UsageQueue
 
 from .conftest import run_cli
 

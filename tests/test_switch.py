@@ -163,7 +163,7 @@ class _Metrics:
 
 
 def test_drain_waits_for_running_requests_to_finish():
-    from vllm_mms.switch import drain, engine_load
+    from vllm_mms.stack.switch import drain, engine_load
 
     metrics = _Metrics(busy_for=3)
     server = metrics.serve()
@@ -181,7 +181,7 @@ def test_drain_waits_for_running_requests_to_finish():
 def test_drain_waits_out_a_quiet_period_before_calling_an_engine_idle():
     """A request routed just before the proxy moved may not show in the gauges yet: one idle
     reading is not enough."""
-    from vllm_mms.switch import DRAIN_QUIET_S, drain
+    from vllm_mms.stack.switch import DRAIN_QUIET_S, drain
 
     metrics = _Metrics(busy_for=0)
     server = metrics.serve()
@@ -194,7 +194,7 @@ def test_drain_waits_out_a_quiet_period_before_calling_an_engine_idle():
 
 
 def test_drain_gives_up_at_the_deadline_and_on_a_dead_engine():
-    from vllm_mms.switch import drain, engine_load
+    from vllm_mms.stack.switch import drain, engine_load
 
     metrics = _Metrics(busy_for=10**6)
     server = metrics.serve()
@@ -221,7 +221,7 @@ def test_up_issues_the_exact_compose_command(project_dir, tmp_path):
 
 
 def test_a_cpu_model_starts_with_the_cpu_file_and_its_prepared_checkpoint(project_dir, tmp_path):
-    from vllm_mms.prepare_model import weights_dir
+    from vllm_mms.engine.prepare_model import weights_dir
 
     if not (weights_dir() / ".complete").exists():   # ./runMe.sh test prepares it
         if os.environ.get("CI"):

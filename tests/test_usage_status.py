@@ -7,7 +7,7 @@ import litellm
 import pytest
 from litellm.proxy._types import ProxyErrorTypes, ProxyException
 
-from vllm_mms.proxy_hooks import status_of
+from vllm_mms.proxy.hooks import status_of
 
 
 @pytest.mark.parametrize("exc, status", [

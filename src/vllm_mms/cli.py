@@ -10,10 +10,13 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import compose, config, engine, fit, paths, replicas
+from . import paths
+from .config import schema
+from .config.resolve import Project, resolve
+from .engine import fit, serve
 from .errors import UserError
-from .render import compose_api_bases, render
-from .resolve import Project, resolve
+from .stack import compose, replicas
+from .stack.render import compose_api_bases, render
 
 DEFAULT_COMPOSE_MODEL = "glm47-flash"
 DEFAULT_LOCAL_MODEL = "smollm2-135m-cpu"
@@ -73,11 +76,11 @@ def project() -> Project:
 
 def print_models(proj: Project) -> None:
     print("models:")
-    names = config.available_models(proj.models_dir)
+    names = schema.available_models(proj.models_dir)
     width = max((len(n) for n in names), default=0)
     for name in names:
         try:
-            description = config.load_model_file(proj.models_dir / f"{name}.yml").description
+            description = schema.load_model_file(proj.models_dir / f"{name}.yml").description
         except UserError as exc:
             description = f"(invalid: {exc.message})"
         print(f"  {name:<{width}}  {description}")
@@ -92,14 +95,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     resolved = resolve(proj, args.model)
     out = Path(args.out) if args.out else proj.root / "generated_configs"
     written = render(proj, resolved, out, api_base=compose_api_bases(resolved.replicas))
-    argv = engine.engine_argv(resolved, host="0.0.0.0", port=8000,
+    argv = serve.engine_argv(resolved, host="0.0.0.0", port=8000,
                               sharing=replicas.sharing(resolved))
     for path in written.values():
-        print(f"wrote {config.display_path(path)}")
+        print(f"wrote {schema.display_path(path)}")
     print("engine argv (exec'd by the container entrypoint):")
     print("  " + json.dumps(argv))
     print("engine environment (names only; values stay secret):")
-    print("  " + " ".join(engine.engine_env_names(resolved)))
+    print("  " + " ".join(serve.engine_env_names(resolved)))
     return 0
 
 
@@ -132,7 +135,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from . import local
+    from .stack import local
 
     stopped_local = local.stop_local(quiet=False)
     if stopped_local:
@@ -157,21 +160,21 @@ def cmd_down(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- containers
 
 def cmd_entrypoint(args: argparse.Namespace) -> int:
-    from . import container
+    from .stack import container
 
     container.engine_entrypoint(project())
     return 0
 
 
 def cmd_proxy_entrypoint(args: argparse.Namespace) -> int:
-    from . import container
+    from .stack import container
 
     container.proxy_entrypoint(project())
     return 0
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
-    from . import container
+    from .stack import container
 
     return container.healthcheck()
 
@@ -179,28 +182,28 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- docs, tests
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from .docs import model_schema
+    from .config.docs import model_schema
 
     print(json.dumps(model_schema(), indent=2))
     return 0
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
-    from .docs import write_configuration_md
+    from .config.docs import write_configuration_md
 
     path = write_configuration_md(project().root)
-    print(f"wrote {config.display_path(path)}")
+    print(f"wrote {schema.display_path(path)}")
     return 0
 
 
 def cmd_test(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from . import testenv
+    from .dev import testenv
 
     return testenv.run_tests(list(extra))
 
 
 def cmd_local(args: argparse.Namespace) -> int:
-    from . import local
+    from .stack import local
 
     return local.start_local(project(), args.model or DEFAULT_LOCAL_MODEL, detach=args.detach,
                              force=args.force)
@@ -216,25 +219,25 @@ def running_compose() -> list[str]:
 
 
 def cmd_ops(argv: list[str]) -> int:
-    from . import ops
+    from .ops import status
 
     if argv[0] == "status":
         if len(argv) > 1:
             raise UserError("status takes no arguments", 2)
-        return ops.status(running_compose() if ops.read_stack() is None else [])
+        return status.status(running_compose() if status.read_stack() is None else [])
     rest = argv[1:]
     follow = "-f" in rest or "--follow" in rest
     names = [a for a in rest if a not in ("-f", "--follow")]
     if len(names) > 1 or any(n.startswith("-") for n in names):
         raise UserError("usage: ./runMe.sh logs [engine|proxy|db] [-f]", 2)
-    compose_cmd = running_compose() if ops.read_stack() is None else []
-    return ops.logs(names[0] if names else None, follow, compose_cmd)
+    compose_cmd = running_compose() if status.read_stack() is None else []
+    return status.logs(names[0] if names else None, follow, compose_cmd)
 
 
 def cmd_launch(argv: list[str]) -> int:
     """`launch CLIENT [--force] [--model ID] [--] [CLIENT ARGS]`: our two flags are taken
     wherever they appear before `--`; everything else goes to the client."""
-    from .launch import launch
+    from .ops.agents import launch
 
     if not argv or argv[0].startswith("-"):
         raise UserError("launch needs a client: claude, codex or opencode", 2)
@@ -265,7 +268,7 @@ def positive_int(value: str) -> int:
 
 
 def token_count(value: str) -> int:
-    parsed = config.parse_size(value)
+    parsed = schema.parse_size(value)
     if not isinstance(parsed, int) or parsed <= 0:
         raise UserError(f"{value!r}: expected a token count such as 32768 or 128K", 2)
     return parsed
@@ -290,17 +293,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from . import pull
+    from .engine import pull
 
     return pull.pull(project(), args.model)
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from . import cluster
+    from .stack import cluster
 
     name = args.model or os.environ.get("MODEL") or DEFAULT_COMPOSE_MODEL
-    cmd = cluster.up(project(), args.role, name, args.detach, args.build, args.force,
-                     compose.compose_command())
+    cmd = cluster.up(project(), args.role, name, args.detach, args.build, args.force)
     if not compose.docker_engine_reachable():
         raise UserError("no Docker engine is reachable ('docker ps' failed): start Docker "
                         "(sudo systemctl start docker)")
@@ -310,7 +312,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_switch(args: argparse.Namespace) -> int:
-    from . import switch
+    from .stack import switch
 
     return switch.switch(project(), args.model, force=args.force, compose=running_compose())
 
@@ -382,8 +384,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if argv[0] == "test":
             return cmd_test(argparse.Namespace(), argv[1:])
         if argv[0] == "doctor":
-            from . import doctor
-            from .local import read_stack
+            from .ops import doctor
+            from .stack.local import read_stack
 
             compose_cmd = running_compose() if read_stack() is None else []
             local_mode = read_stack() is not None or not compose_cmd
@@ -391,24 +393,24 @@ def main(argv: Optional[list[str]] = None) -> int:
         if argv[0] in ("status", "logs"):
             return cmd_ops(argv)
         if argv[0] in ("keys", "usage"):
-            from . import admin
+            from .ops import keys
 
-            return admin.main(argv)
+            return keys.main(argv)
         if argv[0] == "launch":
             return cmd_launch(argv[1:])
         if argv[0] == "install-clients":
-            from .launch import install_clients
+            from .ops.agents import install_clients
 
             print(install_clients())
             return 0
         if argv[0] == "export":
-            from . import k8s
+            from .stack import k8s
 
             name, image = k8s.parse_args(argv[1:])
             print(k8s.manifests(resolve(project(), name), image), end="")
             return 0
         if argv[0] == "supervise":  # started by `--local -d`, not by users
-            from . import local
+            from .stack import local
 
             stack = local.read_stack()
             return local.supervise(stack, foreground=False) if stack else 1

@@ -1,6 +1,6 @@
 """The Compose stack for real: the project's own Dockerfiles and compose files (copied
 byte for byte into a temporary project), built on stand-ins for the public base images
-(src/vllm_mms/standins.py), started with `./runMe.sh smollm2-135m-cpu -d --build` and
+(src/vllm_mms/dev/standins.py), started with `./runMe.sh smollm2-135m-cpu -d --build` and
 driven through the proxy, docker and the project's own commands.
 
 What the GPU box has and this machine does not: a GPU (the CPU model runs instead, from
@@ -29,8 +29,9 @@ from typing import Optional
 import httpx
 import pytest
 
-from vllm_mms import local, standins
+from vllm_mms.dev import standins
 from vllm_mms.errors import UserError
+from vllm_mms.stack import local
 
 from ..conftest import REAL_CACHE, ROOT, SETTING_NAMES
 

@@ -10,9 +10,9 @@ import signal
 import sys
 from pathlib import Path
 
-from vllm_mms import local
-from vllm_mms.render import render
-from vllm_mms.resolve import Project, resolve
+from vllm_mms.config.resolve import Project, resolve
+from vllm_mms.stack import local
+from vllm_mms.stack.render import render
 
 
 def main(project_dir: str, model: str, api_base: str, port: str, master_key: str,

@@ -14,9 +14,9 @@ from typing import Iterator
 import httpx
 import pytest
 
-from vllm_mms import local
-from vllm_mms.render import render
-from vllm_mms.resolve import Project, resolve
+from vllm_mms.config.resolve import Project, resolve
+from vllm_mms.stack import local
+from vllm_mms.stack.render import render
 
 from ..conftest import REAL_CACHE, ROOT, SETTING_NAMES
 from .upstream import RecordingUpstream

@@ -1,5 +1,5 @@
 """The target's architecture for real: the project's first steps in an aarch64 Debian root
-under qemu-user (vllm_mms.emulation), with the project's code from this checkout and its
+under qemu-user (vllm_mms.dev.emulation), with the project's code from this checkout and its
 dependencies installed from the checkout's hash locks by the aarch64 pip.
 
 What this proves: the locks install on aarch64 (every wheel has an aarch64 hash), and on
@@ -22,7 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from vllm_mms import config, emulation, local
+from vllm_mms.config import schema
+from vllm_mms.dev import emulation
+from vllm_mms.stack import local
 
 from ..conftest import ROOT
 from .conftest import MASTER_KEY, RECORDING_MODEL, copy_project, free_port
@@ -31,7 +33,7 @@ from .upstream import RecordingUpstream
 # The first test makes the root and the environment (cached): minutes, not seconds.
 pytestmark = [pytest.mark.aarch64, pytest.mark.timeout(3600)]
 
-CATALOG = config.available_models(ROOT / "models")
+CATALOG = schema.available_models(ROOT / "models")
 TIMINGS: dict[str, float] = {}
 
 

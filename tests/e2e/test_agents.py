@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from vllm_mms.launch import install_clients
+from vllm_mms.ops.agents import install_clients
 
 from ..conftest import ROOT
 from .conftest import start_stack, stop_stack

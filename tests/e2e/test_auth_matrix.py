@@ -17,7 +17,7 @@ import time
 import httpx
 import pytest
 
-from vllm_mms.store import Store
+from vllm_mms.proxy.store import Store
 
 from .test_usage import FAST, SECTION, create_key, revoke
 

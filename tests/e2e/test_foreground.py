@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 
-from vllm_mms import local
+from vllm_mms.stack import local
 
 from ..conftest import REAL_CACHE, ROOT, SETTING_NAMES
 from .conftest import copy_project, free_port

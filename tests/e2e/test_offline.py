@@ -19,9 +19,9 @@ from pathlib import Path
 sys.path.insert(0, {root!r})
 from tests.e2e.conftest import MASTER_KEY, RECORDING_MODEL, copy_project, free_port, wait_for
 from tests.e2e.upstream import RecordingUpstream
-from vllm_mms import local
-from vllm_mms.render import render
-from vllm_mms.resolve import Project, resolve
+from vllm_mms.stack import local
+from vllm_mms.stack.render import render
+from vllm_mms.config.resolve import Project, resolve
 
 base = Path({base!r})
 project = copy_project(base / "project")

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from vllm_mms import bootstrap, cluster, local
-from vllm_mms.resolve import Project, resolve
+from vllm_mms import bootstrap
+from vllm_mms.config.resolve import Project, resolve
+from vllm_mms.stack import cluster, local
 
 from .conftest import copy_project
 

@@ -14,8 +14,8 @@ import time
 import httpx
 import pytest
 
-from vllm_mms import local
-from vllm_mms.ops import engine_metrics
+from vllm_mms.ops.status import engine_metrics
+from vllm_mms.stack import local
 
 from ..conftest import ROOT
 from .conftest import start_stack, stop_stack

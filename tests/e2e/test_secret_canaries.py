@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from vllm_mms.store import Store
+from vllm_mms.proxy.store import Store
 
 from .conftest import ENGINE_KEY_CANARY, HF_TOKEN_CANARY, MASTER_KEY
 from .test_usage import FAST, SECTION, create_key

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from vllm_mms import local
+from vllm_mms.stack import local
 
 from ..conftest import ROOT
 

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from vllm_mms.store import Store
+from vllm_mms.proxy.store import Store
 
 from .faults import PausableTcpProxy
 

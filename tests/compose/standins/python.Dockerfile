@@ -1,7 +1,7 @@
 # Stand-in for python:3.11-slim (Docker Hub is not reachable here): Debian bookworm's
 # Python 3.11 with pip, used the way the official image is used by Dockerfile.proxy —
 # `pip install` into the system Python (the official image has no EXTERNALLY-MANAGED marker).
-# Test-only: CI builds it with the project's own code (src/vllm_mms/standins.py).
+# Test-only: CI builds it with the project's own code (src/vllm_mms/dev/standins.py).
 ARG DEBIAN_IMAGE
 FROM ${DEBIAN_IMAGE}
 RUN apt-get update \

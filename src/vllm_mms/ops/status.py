@@ -1,0 +1,193 @@
+"""`./runMe.sh status` and `./runMe.sh logs [engine|proxy] [-f]`.
+
+Local mode reads the stack file, the health endpoints, the engine's Prometheus metrics and the
+usage table; compose mode hands over to `docker compose ps` / `docker compose logs`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Optional
+
+from ..errors import UserError
+from ..stack.local import alive, health_url, http_ok, read_stack
+
+ENGINE_METRICS = {
+    "vllm:num_requests_running": "requests running",
+    "vllm:num_requests_waiting": "requests waiting",
+    "vllm:kv_cache_usage_perc": "KV-cache use",
+}
+SERVICES = {"engine": "vllm-node", "proxy": "litellm", "db": "litellm_db"}
+
+
+def engine_metrics(port: int, names: Iterable[str] = ENGINE_METRICS) -> Optional[dict[str, float]]:
+    """Sum of each metric in `names` over its label sets, from the engine's /metrics (open,
+    no key); None when the engine does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
+            text = response.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    return parse_metrics(text, names)
+
+
+def parse_metrics(text: str, names: Iterable[str] = ENGINE_METRICS) -> dict[str, float]:
+    """Prometheus text → the sum of each metric in `names` over its label sets."""
+    wanted = set(names)
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        match = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{[^}]*\})?\s+([-+0-9.eE]+|NaN)$", line)
+        if match and match.group(1) in wanted:
+            values[match.group(1)] = values.get(match.group(1), 0.0) + float(match.group(2))
+    return values
+
+
+def recent_requests(minutes: int = 5) -> Optional[int]:
+    from ..proxy.store import Store
+
+    async def count() -> int:
+        store = Store()
+        try:
+            rows = await store.fetchall("SELECT COUNT(*) FROM mms_usage WHERE ts >= ?",
+                                        (time.time() - minutes * 60,))
+            return int(rows[0][0])
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(count())
+    except Exception:  # noqa: BLE001 - no table yet, database away: shown as unknown
+        return None
+
+
+def _uptime(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def status_lines() -> list[str]:
+    stack = read_stack()
+    if stack is None:
+        return []
+    lines = [
+        "mode:     local",
+        f"model:    {stack.model}",
+        f"uptime:   {_uptime(time.time() - stack.started)}",
+    ]
+    load: dict[str, float] = {}
+    for name, pid, port in stack.services():
+        up = alive(pid) and http_ok(health_url(name, port))
+        lines.append(f"{name + ':':<10}{'healthy' if up else 'DOWN'}  pid {pid}  "
+                     f"http://127.0.0.1:{port}")
+        if up and name != "proxy":  # summed over the replicas
+            for metric, value in (engine_metrics(port) or {}).items():
+                load[metric] = load.get(metric, 0.0) + value
+    engines = len(stack.replicas) + 1
+    for name, label in ENGINE_METRICS.items():
+        if name in load:
+            value = load[name] / engines if name.endswith("_perc") else load[name]
+            shown = f"{value * 100:.1f}%" if name.endswith("_perc") else f"{value:.0f}"
+            lines.append(f"{label + ':':<18}{shown}")
+    recent = recent_requests()
+    lines.append(f"{'proxy requests, last 5 min:':<28} {'?' if recent is None else recent}")
+    lines.append(f"logs:     {stack.log_dir}")
+    return lines
+
+
+def status(compose: list[str]) -> int:
+    lines = status_lines()
+    if lines:
+        print("\n".join(lines))
+        return 0 if all("DOWN" not in line for line in lines) else 1
+    lines = compose_status_lines(compose) if compose else []
+    if lines:
+        print("\n".join(lines))
+        return 0 if all("DOWN" not in line for line in lines) else 1
+    print("nothing is running (start with ./runMe.sh --local, or MODEL=NAME ./runMe.sh)")
+    return 1
+
+
+def _docker_exec(container: str, code: str) -> Optional[str]:
+    """Run Python inside one of our containers; its stdout, or None when that fails."""
+    try:
+        out = subprocess.run(["docker", "exec", container, "python3", "-c", code],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _since(started_at: str) -> str:
+    try:  # docker's RFC 3339 in UTC; seconds are enough (3.10 parses no odd fractions)
+        start = datetime.fromisoformat(started_at[:19] + "+00:00")
+    except ValueError:
+        return "?"
+    return _uptime((datetime.now(timezone.utc) - start).total_seconds())
+
+
+def compose_status_lines(compose: list[str]) -> list[str]:
+    """Compose mode: each container's state, health and uptime, the engine's queue and KV
+    cache (read inside the engine container: its port is not published) and the proxy's
+    recent requests (counted inside the proxy container, which reaches the database)."""
+    from ..stack.compose import container_env, containers
+
+    found = containers(compose)
+    if not found:
+        return []
+    engine = next((c for c in found if c.service == "vllm-node"), None)
+    model = (container_env(engine.name) or {}).get("MODEL", "?") if engine else "?"
+    lines = ["mode:     compose", f"model:    {model}"]
+    for c in found:
+        shown = c.state + (f" ({c.health})" if c.health else "")
+        up = f"  up {_since(c.started_at)}" if c.state == "running" else ""
+        lines.append(f"{c.service + ':':<13}{'healthy' if c.good else 'DOWN'}  {shown}  "
+                     f"container {c.name}{up}")
+    load: dict[str, float] = {}
+    for c in found:
+        if c.service.startswith("vllm-node") and c.good:
+            text = _docker_exec(c.name, "import urllib.request; print(urllib.request.urlopen("
+                                "'http://127.0.0.1:8000/metrics', timeout=5).read().decode())")
+            for metric, value in parse_metrics(text or "").items():
+                load[metric] = load.get(metric, 0.0) + value
+    engines = sum(1 for c in found if c.service.startswith("vllm-node")) or 1
+    for name, label in ENGINE_METRICS.items():
+        if name in load:
+            value = load[name] / engines if name.endswith("_perc") else load[name]
+            shown = f"{value * 100:.1f}%" if name.endswith("_perc") else f"{value:.0f}"
+            lines.append(f"{label + ':':<18}{shown}")
+    proxy = next((c for c in found if c.service == "litellm" and c.state == "running"), None)
+    recent = _docker_exec(proxy.name, "from vllm_mms.ops.status import recent_requests; "
+                          "print(recent_requests())") if proxy else None
+    recent = (recent or "").strip()
+    lines.append(f"{'proxy requests, last 5 min:':<28} "
+                 f"{recent if recent and recent != 'None' else '?'}")
+    lines.append("logs:     ./runMe.sh logs engine|proxy|db")
+    return lines
+
+
+def logs(service: Optional[str], follow: bool, compose: list[str]) -> int:
+    if service is not None and service not in SERVICES:
+        raise UserError(f"unknown service {service!r}; choose one of: {', '.join(SERVICES)}", 2)
+    stack = read_stack()
+    if stack is not None:
+        if service == "db":
+            raise UserError("local mode has no database service (usage goes to SQLite)", 2)
+        names = [name for name, _, _ in stack.services()
+                 if service is None or name == service or name.startswith(f"{service}-")]
+        paths = [str(Path(stack.log_dir) / f"{name}.log") for name in names]
+        argv = ["tail", "-n", "100", *(["-F"] if follow else []), *paths]
+        os.execvp(argv[0], argv)
+    if compose:
+        argv = [*compose, "logs", *(["-f"] if follow else []),
+                *([SERVICES[service]] if service else [])]
+        os.execvp(argv[0], argv)
+    print("nothing is running, so there are no logs to show")
+    return 1
