@@ -210,8 +210,7 @@ MAX_TOKENS_FIELD = {"aresponses": "max_output_tokens", "responses": "max_output_
 ENGINE_ONLY_PARAMS = ("top_k", "repetition_penalty")
 
 
-def apply_sampling(data: dict[str, Any], sampling: dict[str, dict[str, Any]],
-                   call_type: str) -> dict[str, Any]:
+def apply_sampling(data: dict[str, Any], sampling: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Defaults fill in what the client left out; enforced values replace what it sent."""
     for param, rule in sampling.items():
         if param == "max_tokens":
@@ -361,7 +360,7 @@ class ProxyHandler(CustomLogger):
         if not settings or data.get("model") not in settings.get("model_names", []):
             return data
         call = str(getattr(call_type, "value", call_type))
-        apply_sampling(data, settings.get("sampling") or {}, call)
+        apply_sampling(data, settings.get("sampling") or {})
         await clamp_max_tokens(data, settings, call)
         return data
 
