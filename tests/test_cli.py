@@ -43,9 +43,9 @@ def test_down_with_nothing_running(project_dir, tmp_path):
 
 
 def test_down_removes_a_stale_stack_file(project_dir, tmp_path):
-    (tmp_path / "stack.json").write_text(
-        '{"model": "smollm2-135m-cpu", "engine_pid": 999999, "proxy_pid": 999998, '
-        '"engine_port": 1, "proxy_port": 2, "log_dir": "/tmp", "started": 0}\n')
+    from .test_stack_state import local_stack
+
+    local_stack(tmp_path, engines=((999999, 1),), proxy=(999998, 2))  # pids of nothing
     result = run_cli("down", project=project_dir, env={"MMS_STATE_DIR": str(tmp_path)})
     assert (result.code, result.out) == (0, "local stack was not running (stale state removed)\n")
     assert not (tmp_path / "stack.json").exists()

@@ -16,6 +16,7 @@ from vllm_mms.errors import UserError
 from vllm_mms.stack import cluster
 
 from .conftest import ROOT, run_cli
+from .fake_clock import FakeClock
 from .test_switch import calls, fake_docker
 
 HEAD_VARS = """\
@@ -59,7 +60,7 @@ def test_network_variables_reach_both_roles_from_vars_env(project_dir):
 
 
 def test_head_engine_spans_both_nodes_tensor_parallel(project_dir):
-    argv = cluster.engine_argv(node(project_dir, HEAD_VARS, "step-3.5-flash"))
+    argv = cluster.cluster_engine_argv(node(project_dir, HEAD_VARS, "step-3.5-flash"))
     assert argv[:3] == ["vllm", "serve", "stepfun-ai/Step-3.5-Flash-FP8"]
     tail = argv[argv.index("--served-model-name"):]
     assert tail == ["--served-model-name", "vllm_agent", "--distributed-executor-backend", "ray",
@@ -72,7 +73,7 @@ def test_head_engine_spans_both_nodes_tensor_parallel(project_dir):
 def test_pipeline_mode_keeps_tensor_parallel_inside_a_node(project_dir):
     resolved = node(project_dir, HEAD_VARS + "CLUSTER_PARALLEL=pipeline\nCLUSTER_GPUS_PER_NODE=4\n"
                                              "CLUSTER_NODES=2\n")
-    argv = cluster.engine_argv(resolved)
+    argv = cluster.cluster_engine_argv(resolved)
     assert argv[-6:] == ["--distributed-executor-backend", "ray", "--tensor-parallel-size", "4",
                          "--pipeline-parallel-size", "2"]
 
@@ -129,18 +130,36 @@ def test_fit_counts_both_nodes(project_dir, tmp_path):
     assert "2 nodes" in double.lines[1]
 
 
-def test_head_waits_for_every_node_then_says_what_is_missing(monkeypatch):
+def test_head_waits_for_every_node_then_says_what_is_missing(monkeypatch, capsys):
+    # One node, then Ray does not answer (the last answer stands), then one node again ...
     answers = iter([(1, 1.0), None, (1, 1.0)])
-    monkeypatch.setattr(cluster, "cluster_size", lambda python, address: next(answers, (1, 1.0)))
-    monkeypatch.setattr(cluster.time, "sleep", lambda s: None)
+    asked = []
+
+    def size(python, address):
+        asked.append(address)
+        return next(answers, (1, 1.0))
+
+    monkeypatch.setattr(cluster, "cluster_size", size)
+    clock = FakeClock()
     with pytest.raises(UserError) as caught:
-        cluster.wait_for_nodes("python3", "10.0.0.1:6379", 2, 2, deadline_s=0.05)
+        cluster.wait_for_nodes("python3", "10.0.0.1:6379", 2, 2, deadline_s=20, clock=clock)
     assert caught.value.message == (
-        "the Ray cluster at 10.0.0.1:6379 has 1 node(s), 1 GPU(s) after 0s; it needs 2 node(s) "
+        "the Ray cluster at 10.0.0.1:6379 has 1 node(s), 1 GPU(s) after 20s; it needs 2 node(s) "
         "with 2 GPU(s): start the worker (./runMe.sh cluster worker) on each other node, check "
         "VLLM_HOST_IP / CLUSTER_HEAD_IP and that the nodes reach each other (MULTINODE.md)")
-    monkeypatch.setattr(cluster, "cluster_size", lambda python, address: (2, 2.0))
-    assert cluster.wait_for_nodes("python3", "10.0.0.1:6379", 2, 2, deadline_s=5) < 1
+    assert (clock.sleeps, len(asked)) == ([3] * 7, 8)  # asked at 0, 3, ..., 21 s
+    # The log says how many nodes have joined, every 10 s.
+    assert capsys.readouterr().err.splitlines() == [
+        "[cluster] waiting for 2 node(s) with 2 GPU(s) at 10.0.0.1:6379: 1 joined ... 0s",
+        "[cluster] waiting for 2 node(s) with 2 GPU(s) at 10.0.0.1:6379: 1 joined ... 12s"]
+
+
+def test_head_goes_on_once_the_nodes_have_joined(monkeypatch):
+    answers = iter([None, (1, 1.0), (2, 2.0)])
+    monkeypatch.setattr(cluster, "cluster_size", lambda python, address: next(answers))
+    clock = FakeClock()
+    assert cluster.wait_for_nodes("python3", "10.0.0.1:6379", 2, 2, deadline_s=60,
+                                  clock=clock) == 6.0
 
 
 def test_cluster_compose_files_parse_for_both_roles():

@@ -102,7 +102,7 @@ def test_memory_fit_of_the_model_that_starts_next(project_dir, tmp_path):
 
 
 def test_shared_limits_redis_is_checked_without_showing_its_url(project_dir, tmp_path):
-    from vllm_mms.stack.local import free_port
+    from vllm_mms.stack.processes import free_port
 
     port = free_port()
     (project_dir / "secrets" / "PROXY_REDIS_URL").write_text(

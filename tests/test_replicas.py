@@ -300,7 +300,7 @@ def test_prompt_tokens_are_counted_on_a_live_replica_when_the_first_is_down(monk
     import threading
 
     from vllm_mms.proxy.hooks import count_prompt_tokens
-    from vllm_mms.stack.local import free_port
+    from vllm_mms.stack.processes import free_port
 
     seen = []
 
@@ -332,15 +332,11 @@ def test_prompt_tokens_are_counted_on_a_live_replica_when_the_first_is_down(monk
 
 
 def test_switch_refuses_a_stack_with_replicas(project_dir, tmp_path):
-    import json
+    from .test_stack_state import local_stack
 
     state = tmp_path / "state"
-    state.mkdir()
     alive = os.getpid()  # this test process stands in for the running services
-    (state / "stack.json").write_text(json.dumps({
-        "model": "smollm2-135m-cpu", "engine_pid": alive, "proxy_pid": alive,
-        "engine_port": 1, "proxy_port": 2, "log_dir": str(state / "logs"), "started": 0.0,
-        "replicas": [[alive, 3]]}))
+    local_stack(state, engines=((alive, 1), (alive, 3)), proxy=(alive, 2))
     result = run_cli("switch", "glm47-flash", project=project_dir,
                      env={"MMS_STATE_DIR": str(state)})
     assert (result.code, result.err) == (1, (

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import docker_stand_in, run_cli
+from .fake_clock import FakeClock
 
 FAKE_DOCKER = """#!{python}
 import json, os, sys
@@ -132,11 +133,13 @@ def test_switch_to_an_unknown_model(project_dir, tmp_path):
 
 
 class _Metrics:
-    """A stand-in engine /metrics: requests running until `busy_for` polls have passed."""
+    """A stand-in engine /metrics: requests running until `busy_for` polls have passed; it
+    notes the (fake) time of each poll."""
 
-    def __init__(self, busy_for: int) -> None:
-        self.polls = 0
+    def __init__(self, busy_for: int, clock: FakeClock) -> None:
+        self.polled_at: list[float] = []
         self.busy_for = busy_for
+        self.clock = clock
 
     def serve(self):
         import http.server
@@ -146,8 +149,8 @@ class _Metrics:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
-                outer.polls += 1
-                running = 1 if outer.polls <= outer.busy_for else 0
+                outer.polled_at.append(outer.clock.now)
+                running = 1 if len(outer.polled_at) <= outer.busy_for else 0
                 body = (f'vllm:num_requests_running{{model_name="vllm_agent"}} {running}.0\n'
                         f'vllm:num_requests_waiting{{model_name="vllm_agent"}} 0.0\n').encode()
                 self.send_response(200)
@@ -165,15 +168,16 @@ class _Metrics:
 def test_drain_waits_for_running_requests_to_finish():
     from vllm_mms.stack.switch import drain, engine_load
 
-    metrics = _Metrics(busy_for=3)
+    clock = FakeClock()
+    metrics = _Metrics(busy_for=4, clock=clock)
     server = metrics.serve()
     try:
         port = server.server_address[1]
         assert engine_load(port) == 1.0
-        waited = drain(port, deadline_s=30, quiet_s=1.0)
-        # busy twice more, then idle for 1 s (polls every 0.5 s: idle at polls 4, 5, 6)
-        assert metrics.polls == 6
-        assert 1.9 <= waited < 6
+        waited = drain(port, deadline_s=30, quiet_s=1.0, clock=clock)
+        # Busy at 0 s, 0.5 s and 1 s; idle from 1.5 s, and idle still 1 s later.
+        assert metrics.polled_at[1:] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+        assert waited == 2.5
     finally:
         server.shutdown()
 
@@ -183,12 +187,12 @@ def test_drain_waits_out_a_quiet_period_before_calling_an_engine_idle():
     reading is not enough."""
     from vllm_mms.stack.switch import DRAIN_QUIET_S, drain
 
-    metrics = _Metrics(busy_for=0)
+    clock = FakeClock()
+    metrics = _Metrics(busy_for=0, clock=clock)
     server = metrics.serve()
     try:
-        waited = drain(server.server_address[1], deadline_s=30)
-        assert DRAIN_QUIET_S <= waited < DRAIN_QUIET_S + 3
-        assert metrics.polls >= 1 + DRAIN_QUIET_S / 0.5
+        assert drain(server.server_address[1], deadline_s=30, clock=clock) == DRAIN_QUIET_S
+        assert metrics.polled_at == [k * 0.5 for k in range(int(DRAIN_QUIET_S / 0.5) + 1)]
     finally:
         server.shutdown()
 
@@ -196,14 +200,19 @@ def test_drain_waits_out_a_quiet_period_before_calling_an_engine_idle():
 def test_drain_gives_up_at_the_deadline_and_on_a_dead_engine():
     from vllm_mms.stack.switch import drain, engine_load
 
-    metrics = _Metrics(busy_for=10**6)
+    clock = FakeClock()
+    metrics = _Metrics(busy_for=10**6, clock=clock)
     server = metrics.serve()
     try:
-        assert 1.0 <= drain(server.server_address[1], deadline_s=1.0) < 3
+        assert drain(server.server_address[1], deadline_s=1.0, clock=clock) == 1.5
+        assert metrics.polled_at == [0.0, 0.5, 1.0, 1.5]  # the last one past the deadline
     finally:
         server.shutdown()
         server.server_close()
     assert engine_load(server.server_address[1]) is None
+    dead = FakeClock()
+    assert drain(server.server_address[1], deadline_s=30, clock=dead) == 0.0
+    assert dead.sleeps == []
 
 
 def test_up_issues_the_exact_compose_command(project_dir, tmp_path):

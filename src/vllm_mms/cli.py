@@ -224,13 +224,13 @@ def cmd_ops(argv: list[str]) -> int:
     if argv[0] == "status":
         if len(argv) > 1:
             raise UserError("status takes no arguments", 2)
-        return status.status(running_compose() if status.read_stack() is None else [])
+        return status.status(running_compose() if status.Stack.load() is None else [])
     rest = argv[1:]
     follow = "-f" in rest or "--follow" in rest
     names = [a for a in rest if a not in ("-f", "--follow")]
     if len(names) > 1 or any(n.startswith("-") for n in names):
         raise UserError("usage: ./runMe.sh logs [engine|proxy|db] [-f]", 2)
-    compose_cmd = running_compose() if status.read_stack() is None else []
+    compose_cmd = running_compose() if status.Stack.load() is None else []
     return status.logs(names[0] if names else None, follow, compose_cmd)
 
 
@@ -385,10 +385,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             return cmd_test(argparse.Namespace(), argv[1:])
         if argv[0] == "doctor":
             from .ops import doctor
-            from .stack.local import read_stack
+            from .stack.state import Stack
 
-            compose_cmd = running_compose() if read_stack() is None else []
-            local_mode = read_stack() is not None or not compose_cmd
+            compose_cmd = running_compose() if Stack.load() is None else []
+            local_mode = Stack.load() is not None or not compose_cmd
             return doctor.run_doctor(project(), local_mode, compose_cmd)
         if argv[0] in ("status", "logs"):
             return cmd_ops(argv)
@@ -412,7 +412,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if argv[0] == "supervise":  # started by `--local -d`, not by users
             from .stack import local
 
-            stack = local.read_stack()
+            stack = local.Stack.load()
             return local.supervise(stack, foreground=False) if stack else 1
         if argv[0] == "bench":
             script = str(paths.ROOT / "bench" / "proxy_bench.py")

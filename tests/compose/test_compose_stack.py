@@ -31,7 +31,7 @@ import pytest
 
 from vllm_mms.dev import standins
 from vllm_mms.errors import UserError
-from vllm_mms.stack import local
+from vllm_mms.stack import processes
 
 from ..conftest import REAL_CACHE, ROOT, SETTING_NAMES
 
@@ -145,7 +145,7 @@ def stack(tmp_path_factory) -> ComposeStack:
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
     env.update(images, HOME=str(home), MMS_CACHE_DIR=str(REAL_CACHE),
-               MMS_STATE_DIR=str(home / "state"), LITELLM_PORT=str(local.free_port()))
+               MMS_STATE_DIR=str(home / "state"), LITELLM_PORT=str(processes.free_port()))
     env.pop("PYTHONPATH", None)
     result = ComposeStack(root, env, int(env["LITELLM_PORT"]))
     try:
@@ -397,7 +397,7 @@ def test_two_replicas_share_the_traffic_and_prometheus_scrapes_both_metrics(stac
     key_file = stack.root / "secrets" / "LITELLM_MASTER_KEY"
     key_file.write_text(KEY)
     key_file.chmod(0o644)
-    prometheus_port = local.free_port()
+    prometheus_port = processes.free_port()
     env = {**stack.env, "PROMETHEUS_PORT": str(prometheus_port)}
     started = subprocess.run(["docker-compose", "-f", str(stack.root / "docker-compose.yml"),
                               "--profile", "metrics", "up", "-d", "--no-deps", "prometheus"],

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from vllm_mms.config.resolve import Project, resolve
-from vllm_mms.stack import local
+from vllm_mms.stack import local, processes
 from vllm_mms.stack.render import render
 
 
@@ -26,7 +26,7 @@ def main(project_dir: str, model: str, api_base: str, port: str, master_key: str
     print(f"proxy pid {proc.pid}", flush=True)
 
     def stop(*_: object) -> None:
-        local.terminate([proc.pid], grace=5)
+        processes.terminate([proc.pid], grace=5)
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, stop)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from vllm_mms.config.resolve import Project, resolve
-from vllm_mms.stack import local
+from vllm_mms.stack import local, processes
 from vllm_mms.stack.render import render
 
 from ..conftest import REAL_CACHE, ROOT, SETTING_NAMES
@@ -34,7 +34,7 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.e2e)
 
 
-free_port = local.free_port
+free_port = processes.free_port
 
 
 def copy_project(dest: Path) -> Path:
@@ -51,7 +51,7 @@ def wait_for(url: str, deadline_s: float, proc: subprocess.Popen | None = None) 
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {url} was up")
-        if local.http_ok(url):
+        if processes.http_ok(url):
             return
         time.sleep(0.3)
     raise TimeoutError(url)
@@ -93,7 +93,7 @@ def start_stack(base: Path, model: str = "smollm2-135m-cpu",
     cold = time.monotonic() - started
     if proc.returncode != 0:
         logs = base / "state" / "logs"
-        detail = "\n".join(f"--- {p.name}\n{local.tail(p, 40)}" for p in sorted(logs.glob("*.log")))
+        detail = "\n".join(f"--- {p.name}\n{processes.tail(p, 40)}" for p in sorted(logs.glob("*.log")))
         pytest.fail(f"./runMe.sh --local failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}\n{detail}")
     print(f"\n[e2e] local stack ({model}) ready in {cold:.1f}s (proxy :{proxy_port}, engine :{engine_port})")
     return Stack(base_url=f"http://127.0.0.1:{proxy_port}", engine_url=f"http://127.0.0.1:{engine_port}",
@@ -129,7 +129,7 @@ class RecordingProxy:
     def stop(self) -> None:
         """Free its memory early (the factory stops any left at the end of the session)."""
         if self.proc is not None and self.proc.poll() is None:
-            local.terminate([self.proc.pid], grace=5)
+            processes.terminate([self.proc.pid], grace=5)
 
 
 RECORDING_MODEL = """\
@@ -168,5 +168,5 @@ def recording_proxy_factory(tmp_path_factory):
 
     yield start
     for proc, upstream in started:
-        local.terminate([proc.pid], grace=5)
+        processes.terminate([proc.pid], grace=5)
         upstream.__exit__(None, None, None)

@@ -24,7 +24,7 @@ import pytest
 
 from vllm_mms.config import schema
 from vllm_mms.dev import emulation
-from vllm_mms.stack import local
+from vllm_mms.stack import processes
 
 from ..conftest import ROOT
 from .conftest import MASTER_KEY, RECORDING_MODEL, copy_project, free_port
@@ -182,10 +182,10 @@ def test_litellm_on_aarch64_answers_through_local_modes_proxy(arm_root, arm_tool
         proxy_log = work / "logs" / "proxy.log"
         try:
             deadline = time.monotonic() + 900
-            while not local.http_ok(f"http://127.0.0.1:{port}/health/liveliness"):
-                assert driver.poll() is None, (f"exited {driver.returncode}:\n{local.tail(log)}"
-                                               f"\n{local.tail(proxy_log)}")
-                assert time.monotonic() < deadline, local.tail(proxy_log)
+            while not processes.http_ok(f"http://127.0.0.1:{port}/health/liveliness"):
+                assert driver.poll() is None, (f"exited {driver.returncode}:\n{processes.tail(log)}"
+                                               f"\n{processes.tail(proxy_log)}")
+                assert time.monotonic() < deadline, processes.tail(proxy_log)
                 time.sleep(1)
             TIMINGS["proxy start"] = time.monotonic() - started
             answer = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=300,
@@ -200,10 +200,10 @@ def test_litellm_on_aarch64_answers_through_local_modes_proxy(arm_root, arm_tool
             assert Path(f"/proc/{proxy_pid}/root").resolve() == arm_root.resolve()
             assert "aarch64" in Path(f"/proc/{proxy_pid}/exe").resolve().name  # qemu runs it
         finally:
-            local.terminate([driver.pid], grace=20)
+            processes.terminate([driver.pid], grace=20)
             for line in log.read_text().splitlines():  # the proxy has its own session
-                if line.startswith("proxy pid") and local.alive(int(line.split()[-1])):
-                    local.terminate([int(line.split()[-1])], grace=5)
+                if line.startswith("proxy pid") and processes.alive(int(line.split()[-1])):
+                    processes.terminate([int(line.split()[-1])], grace=5)
     print("\n[aarch64] timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in TIMINGS.items()))
 
 

@@ -4,7 +4,6 @@ the supervisor brings it back, and requests succeed again. Then the same for the
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,8 @@ import time
 import httpx
 import pytest
 
-from vllm_mms.stack import local
+from vllm_mms.stack.processes import alive
+from vllm_mms.stack.state import Stack
 
 from ..conftest import ROOT
 from .conftest import start_stack, stop_stack
@@ -27,8 +27,12 @@ def fault_stack(tmp_path_factory):
     stop_stack(running)
 
 
-def pids(stack) -> dict:
-    return json.loads((stack.state_dir / "stack.json").read_text())
+def pids(stack) -> dict[str, int]:
+    """The supervisor's, the engine's and the proxy's pid, from the stack file."""
+    state = Stack.load(stack.state_dir / "stack.json")
+    assert state is not None
+    return {"supervisor_pid": state.supervisor_pid, "engine_pid": state.engines[0].pid,
+            "proxy_pid": state.proxy.pid}
 
 
 def chat(stack, max_tokens: int = 4, timeout: float = 120) -> httpx.Response:
@@ -57,7 +61,7 @@ def status(stack) -> subprocess.CompletedProcess:
 
 def test_supervisor_is_running(fault_stack):
     state = pids(fault_stack)
-    assert state["supervisor_pid"] and local.alive(state["supervisor_pid"])
+    assert state["supervisor_pid"] and alive(state["supervisor_pid"])
 
 
 def test_engine_killed_mid_request(fault_stack):
@@ -108,4 +112,4 @@ def test_proxy_killed(fault_stack):
 def test_down_stops_the_supervisor_too(fault_stack):
     state = pids(fault_stack)
     stop_stack(fault_stack)
-    assert not any(local.alive(state[k]) for k in ("supervisor_pid", "engine_pid", "proxy_pid"))
+    assert not any(alive(state[k]) for k in ("supervisor_pid", "engine_pid", "proxy_pid"))

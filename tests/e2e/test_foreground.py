@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import time
 
-from vllm_mms.stack import local
+from vllm_mms.stack.processes import alive, http_ok, port_free
+from vllm_mms.stack.state import Stack
 
 from ..conftest import REAL_CACHE, ROOT, SETTING_NAMES
 from .conftest import copy_project, free_port
@@ -38,8 +38,9 @@ def test_foreground_start_prints_endpoints_and_ctrl_c_stops_everything(tmp_path)
                             "    key: sk-FAKE")
         assert lines[5].startswith(f"  curl http://127.0.0.1:{proxy_port}/v1/chat/completions "
                                    "-H 'Authorization: Bearer sk-FAKE'")
-        stack = json.loads((tmp_path / "state" / "stack.json").read_text())
-        assert local.http_ok(f"http://127.0.0.1:{proxy_port}/health/liveliness")
+        stack = Stack.load(tmp_path / "state" / "stack.json")
+        assert stack is not None and len(stack.pids) == 2
+        assert http_ok(f"http://127.0.0.1:{proxy_port}/health/liveliness")
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
         assert proc.wait(timeout=60) == 0
     finally:
@@ -48,8 +49,8 @@ def test_foreground_start_prints_endpoints_and_ctrl_c_stops_everything(tmp_path)
             # The engine and proxy lead their own sessions: stop them through the stack file.
             subprocess.run([str(ROOT / "runMe.sh"), "down"], env=env, capture_output=True,
                            timeout=120)
-    for pid in (stack["engine_pid"], stack["proxy_pid"]):
-        assert not local.alive(pid), pid
+    for pid in stack.pids:
+        assert not alive(pid), pid
     assert not (tmp_path / "state" / "stack.json").exists()
-    assert local.port_free(proxy_port) and local.port_free(engine_port)
+    assert port_free(proxy_port) and port_free(engine_port)
     assert "stopped" in proc.stderr.read()

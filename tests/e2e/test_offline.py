@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, {root!r})
 from tests.e2e.conftest import MASTER_KEY, RECORDING_MODEL, copy_project, free_port, wait_for
 from tests.e2e.upstream import RecordingUpstream
-from vllm_mms.stack import local
+from vllm_mms.stack import local, processes
 from vllm_mms.stack.render import render
 from vllm_mms.config.resolve import Project, resolve
 
@@ -43,7 +43,7 @@ with RecordingUpstream() as upstream:
         with urllib.request.urlopen(request, timeout=60) as response:
             status = response.status
     finally:
-        local.terminate([proc.pid], grace=5)
+        processes.terminate([proc.pid], grace=5)
 print(json.dumps({{"ready_s": ready, "status": status, "forwarded": len(upstream.bodies)}}))
 """
 

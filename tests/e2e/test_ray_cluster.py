@@ -18,7 +18,7 @@ import pytest
 
 from vllm_mms import bootstrap
 from vllm_mms.config.resolve import Project, resolve
-from vllm_mms.stack import cluster, local
+from vllm_mms.stack import cluster, processes
 
 from .conftest import copy_project
 
@@ -63,7 +63,7 @@ def our_ray_processes(temp_dir: str) -> list[int]:
 def test_head_and_worker_commands_form_one_cluster(tmp_path):
     python = cluster_python()
     ray = str(Path(python).parent / "ray")
-    port = local.free_port()
+    port = processes.free_port()
     project = copy_project(tmp_path / "project")
     (project / "vars.env").write_text(f"VLLM_HOST_IP=127.0.0.1\nCLUSTER_RAY_PORT={port}\n"
                                       "CLUSTER_HEAD_IP=127.0.0.1\n")
@@ -74,14 +74,14 @@ def test_head_and_worker_commands_form_one_cluster(tmp_path):
     logs = tmp_path / "logs"
     # The head runs with --block here, so the test owns its processes; the image runs the
     # same command without it and then execs vLLM.
-    head = local.spawn("ray-head", [*cluster.ray_head_argv(resolved, ray), "--temp-dir",
+    head = processes.spawn("ray-head", [*cluster.ray_head_argv(resolved, ray), "--temp-dir",
                                     temp_dir, "--block"], env, logs)
     worker = None
     try:
         address = cluster.head_address(resolved, "head")
         assert address == f"127.0.0.1:{port}"
         cluster.wait_for_nodes(python, address, 1, 0, deadline_s=120)
-        worker = local.spawn("ray-worker", cluster.ray_worker_argv(resolved, ray), env, logs)
+        worker = processes.spawn("ray-worker", cluster.ray_worker_argv(resolved, ray), env, logs)
         waited = cluster.wait_for_nodes(python, address, 2, 0, deadline_s=120)
         print(f"\n[e2e] the Ray worker joined the head in {waited:.1f}s")
         assert cluster.cluster_size(python, address)[0] == 2
@@ -95,9 +95,9 @@ def test_head_and_worker_commands_form_one_cluster(tmp_path):
                                 timeout=180, env=env)
         assert spread.stdout.split()[-1:] == ["2"], spread.stdout + spread.stderr
     finally:
-        local.terminate([p.pid for p in (head, worker) if p is not None], grace=10)
+        processes.terminate([p.pid for p in (head, worker) if p is not None], grace=10)
         leftovers = our_ray_processes(temp_dir)
         for pid in leftovers:
-            local._signal_group(pid, 9)
-        local._reap()
+            processes.signal_group(pid, 9)
+        processes.reap()
     print(f"[e2e] stopped; {len(leftovers)} Ray process(es) outlived their group and were killed")

@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from vllm_mms.ops.status import engine_metrics
-from vllm_mms.stack import local
+from vllm_mms.stack.processes import http_ok
+from vllm_mms.stack.state import Stack
 
 from ..conftest import ROOT
 from .conftest import start_stack, stop_stack
@@ -62,14 +63,16 @@ def replicated(tmp_path_factory):
     stop_stack(running)
 
 
-def stack_file(stack) -> dict:
-    return json.loads((stack.state_dir / "stack.json").read_text())
+def stack_file(stack) -> Stack:
+    state = Stack.load(stack.state_dir / "stack.json")
+    assert state is not None
+    return state
 
 
 def test_two_replicas_share_traffic_by_weight_and_survive_a_kill(replicated):
     state = stack_file(replicated)
-    assert len(state["replicas"]) == 1
-    ports = [state["engine_port"], state["replicas"][0][1]]
+    assert [s.name for s in state.engines] == ["engine", "engine-2"]
+    ports = [s.port for s in state.engines]
     argv = json.loads((replicated.log_dir / "engine-2.argv.json").read_text())
     assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.1"   # 0.2 split in two
     assert argv[argv.index("--port") + 1] == str(ports[1])
@@ -87,7 +90,7 @@ def test_two_replicas_share_traffic_by_weight_and_survive_a_kill(replicated):
     assert 0.65 <= share <= 0.85
 
     # 2. Replica 2 dies: the router retries on replica 1, then leaves replica 2 out.
-    pid2 = state["replicas"][0][0]
+    pid2 = state.engines[1].pid
     os.killpg(pid2, signal.SIGKILL)
     killed = time.monotonic()
     during = burst(replicated, 20)
@@ -101,11 +104,11 @@ def test_two_replicas_share_traffic_by_weight_and_survive_a_kill(replicated):
 
     # 3. The supervisor restarts it on the same port; it takes traffic again.
     deadline = time.monotonic() + 300
-    while not local.http_ok(f"http://127.0.0.1:{ports[1]}/health"):
+    while not http_ok(f"http://127.0.0.1:{ports[1]}/health"):
         assert time.monotonic() < deadline, "replica 2 was not restarted within 300s"
         time.sleep(1)
     back = time.monotonic() - killed
-    assert stack_file(replicated)["replicas"][0][0] != pid2
+    assert stack_file(replicated).engines[1].pid != pid2
     start = served(ports[1])
     deadline = time.monotonic() + 60
     rejoined = []
@@ -123,6 +126,6 @@ def test_status_lists_every_replica(replicated):
     result = subprocess.run([str(ROOT / "runMe.sh"), "status"], env=replicated.env,
                             capture_output=True, text=True, timeout=60)
     state = stack_file(replicated)
-    assert f"engine-2: healthy  pid {state['replicas'][0][0]}  " \
-           f"http://127.0.0.1:{state['replicas'][0][1]}" in result.stdout, result.stdout
+    assert f"engine-2: healthy  pid {state.engines[1].pid}  " \
+           f"http://127.0.0.1:{state.engines[1].port}" in result.stdout, result.stdout
     assert result.stdout.count("healthy") == 3

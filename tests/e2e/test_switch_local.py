@@ -4,7 +4,6 @@ proxy restart; then back to the default, so the tests that follow see the stack 
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import threading
@@ -13,7 +12,8 @@ from pathlib import Path
 
 import httpx
 
-from vllm_mms.stack import local
+from vllm_mms.stack.processes import alive
+from vllm_mms.stack.state import Stack
 
 from ..conftest import ROOT
 
@@ -32,8 +32,10 @@ def switch(stack, name: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
-def stack_file(stack) -> dict:
-    return json.loads((stack.state_dir / "stack.json").read_text())
+def stack_file(stack) -> Stack:
+    state = Stack.load(stack.state_dir / "stack.json")
+    assert state is not None
+    return state
 
 
 def chat(stack, model: str) -> httpx.Response:
@@ -65,7 +67,7 @@ def test_switch_rolls_back_on_failure_then_moves_the_proxy(stack):
     (project / "models" / "smollm2-switch.yml").write_text(SWITCH_MODEL)
     (project / "models" / "smollm2-broken.yml").write_text(BROKEN_MODEL)
     before = stack_file(stack)
-    proxy_pid = before["proxy_pid"]
+    proxy_pid = before.proxy.pid
 
     failed = switch(stack, "smollm2-broken")
     assert failed.returncode == 1, failed.stdout + failed.stderr
@@ -76,7 +78,7 @@ def test_switch_rolls_back_on_failure_then_moves_the_proxy(stack):
         failed.stderr, re.M), failed.stderr
     assert any("max_model_len" in line for line in last)  # vLLM's own reason is shown
     assert stack_file(stack) == before
-    assert local.alive(before["engine_pid"])
+    assert alive(before.engines[0].pid)
     assert engines_with("--max-model-len 9000") == []
     assert chat(stack, "smollm2-135m-cpu").status_code == 200
 
@@ -105,12 +107,12 @@ def test_switch_rolls_back_on_failure_then_moves_the_proxy(stack):
         assert len(statuses) >= 3 and set(statuses) == {200}, statuses
         assert re.fullmatch(
             rf"switched: smollm2-135m-cpu -> smollm2-switch; the proxy on port "
-            rf"{before['proxy_port']} serves smollm2-switch, vllm_agent \(old engine drained in "
+            rf"{before.proxy_port} serves smollm2-switch, vllm_agent \(old engine drained in "
             rf"\d+\.\ds and stopped\)", moved.stdout.strip().splitlines()[-1]), moved.stdout
         after = stack_file(stack)
-        assert (after["model"], after["proxy_pid"]) == ("smollm2-switch", proxy_pid)
-        assert after["engine_port"] != before["engine_port"]
-        assert not local.alive(before["engine_pid"])
+        assert (after.model, after.proxy.pid) == ("smollm2-switch", proxy_pid)
+        assert after.engines[0].port != before.engines[0].port
+        assert not alive(before.engines[0].pid)
         assert model_ids(stack) == {"smollm2-switch", "vllm_agent"}
         for model in ("smollm2-switch", "vllm_agent"):
             response = chat(stack, model)
@@ -123,6 +125,6 @@ def test_switch_rolls_back_on_failure_then_moves_the_proxy(stack):
     finally:
         back = switch(stack, "smollm2-135m-cpu")
         assert back.returncode == 0, back.stdout + back.stderr
-        stack.engine_url = f"http://127.0.0.1:{stack_file(stack)['engine_port']}"
+        stack.engine_url = f"http://127.0.0.1:{stack_file(stack).engines[0].port}"
     assert model_ids(stack) == {"smollm2-135m-cpu", "smollm2", "vllm_agent"}
     assert chat(stack, "smollm2").status_code == 200

@@ -243,7 +243,7 @@ def run(root: Path, argv: Sequence[str], env: Optional[Mapping[str, str]] = None
 
 def popen(root: Path, argv: Sequence[str], log: Path, env: Optional[Mapping[str, str]] = None,
           cwd: str = "/", binds: Sequence[tuple[str, str, str]] = ()) -> subprocess.Popen:
-    """A long-running command in the root, in its own session (stop it with local.terminate)."""
+    """A long-running command in the root, in its own session (stop it with processes.terminate)."""
     _refresh_ca(root)
     with open(log, "ab") as handle:
         return subprocess.Popen(root_command(root, argv, env, cwd, binds), stdout=handle,

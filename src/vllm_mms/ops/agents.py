@@ -47,9 +47,9 @@ class Target:
 def proxy_url(project: Project) -> str:
     if os.environ.get("MMS_PROXY_URL"):
         return os.environ["MMS_PROXY_URL"].rstrip("/").removesuffix("/v1")
-    from ..stack.local import read_stack
+    from ..stack.state import Stack
 
-    stack = read_stack()
+    stack = Stack.load()
     port = stack.proxy_port if stack else global_settings(project).LITELLM_PORT
     return f"http://127.0.0.1:{port}"
 
@@ -82,9 +82,9 @@ def discover(project: Project, model: Optional[str] = None) -> Target:
 
 
 def _running_model(entries: dict[str, dict]) -> str:
-    from ..stack.local import read_stack
+    from ..stack.state import Stack
 
-    stack = read_stack()
+    stack = Stack.load()
     if stack and stack.model in entries:
         return stack.model
     if os.environ.get("MODEL") in entries:

@@ -19,7 +19,8 @@ import yaml
 from ..config import schema
 from ..config.resolve import Project, global_settings, resolve
 from ..errors import UserError
-from ..stack.local import alive, health_url, http_ok, read_stack
+from ..stack.processes import alive, http_ok
+from ..stack.state import Stack
 
 
 @dataclass
@@ -107,14 +108,14 @@ def check_docker(local_mode: bool) -> list[Check]:
 
 
 def check_local_stack() -> list[Check]:
-    stack = read_stack()
+    stack = Stack.load()
     if stack is None:
         return [Check("warn", "local stack", "not running", "./runMe.sh --local")]
     checks = []
-    for label, pid, port in stack.services():
-        url = health_url(label, port)
-        if not alive(pid):
-            checks.append(Check("fail", label, f"process {pid} is gone",
+    for service in stack.services:
+        label, url = service.name, service.health_url()
+        if not alive(service.pid):
+            checks.append(Check("fail", label, f"process {service.pid} is gone",
                                 f"see {stack.log_dir}/{label}.log, then ./runMe.sh down && "
                                 "./runMe.sh --local"))
         elif not http_ok(url):
@@ -158,7 +159,7 @@ def check_fit(project: Project, local_mode: bool) -> Check:
     from ..config.resolve import resolve
     from ..engine import fit
 
-    if local_mode and read_stack() is not None:
+    if local_mode and Stack.load() is not None:
         return Check("ok", "memory fit", "a local stack is running (./runMe.sh fit NAME checks another)")
     name = os.environ.get("MODEL") or ("smollm2-135m-cpu" if local_mode else "glm47-flash")
     try:
@@ -249,7 +250,7 @@ def check_compose(compose: list[str]) -> list[Check]:
 def run_doctor(project: Project, local_mode: Optional[bool] = None,
                compose: Optional[list[str]] = None) -> int:
     if local_mode is None:
-        local_mode = read_stack() is not None or not shutil.which("docker")
+        local_mode = Stack.load() is not None or not shutil.which("docker")
     print(f"doctor ({'local' if local_mode else 'compose'} mode)")
     steps: list[Callable[[], object]] = [
         check_python, lambda: check_settings(project), lambda: check_model_files(project),

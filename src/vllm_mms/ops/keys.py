@@ -62,9 +62,9 @@ def parser() -> argparse.ArgumentParser:
 
 def in_compose() -> bool:
     """The compose stack runs and nothing points us at a database of our own."""
-    from ..stack.local import read_stack
+    from ..stack.state import Stack
 
-    if os.environ.get("MMS_DATABASE_URL") or read_stack() is not None or not shutil.which("docker"):
+    if os.environ.get("MMS_DATABASE_URL") or Stack.load() is not None or not shutil.which("docker"):
         return False
     probe = subprocess.run(["docker", "ps", "--filter", "name=litellm-container", "-q"],
                            capture_output=True, text=True)

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from ..errors import UserError
-from ..stack.local import alive, health_url, http_ok, read_stack
+from ..stack.processes import alive, http_ok
+from ..stack.state import Stack
 
 ENGINE_METRICS = {
     "vllm:num_requests_running": "requests running",
@@ -74,7 +75,7 @@ def _uptime(seconds: float) -> str:
 
 
 def status_lines() -> list[str]:
-    stack = read_stack()
+    stack = Stack.load()
     if stack is None:
         return []
     lines = [
@@ -83,14 +84,14 @@ def status_lines() -> list[str]:
         f"uptime:   {_uptime(time.time() - stack.started)}",
     ]
     load: dict[str, float] = {}
-    for name, pid, port in stack.services():
-        up = alive(pid) and http_ok(health_url(name, port))
-        lines.append(f"{name + ':':<10}{'healthy' if up else 'DOWN'}  pid {pid}  "
-                     f"http://127.0.0.1:{port}")
-        if up and name != "proxy":  # summed over the replicas
-            for metric, value in (engine_metrics(port) or {}).items():
+    for service in stack.services:
+        up = alive(service.pid) and http_ok(service.health_url())
+        lines.append(f"{service.name + ':':<10}{'healthy' if up else 'DOWN'}  pid {service.pid}  "
+                     f"http://127.0.0.1:{service.port}")
+        if up and service.role == "engine":  # summed over the replicas
+            for metric, value in (engine_metrics(service.port) or {}).items():
                 load[metric] = load.get(metric, 0.0) + value
-    engines = len(stack.replicas) + 1
+    engines = len(stack.engines)
     for name, label in ENGINE_METRICS.items():
         if name in load:
             value = load[name] / engines if name.endswith("_perc") else load[name]
@@ -176,12 +177,11 @@ def compose_status_lines(compose: list[str]) -> list[str]:
 def logs(service: Optional[str], follow: bool, compose: list[str]) -> int:
     if service is not None and service not in SERVICES:
         raise UserError(f"unknown service {service!r}; choose one of: {', '.join(SERVICES)}", 2)
-    stack = read_stack()
+    stack = Stack.load()
     if stack is not None:
         if service == "db":
             raise UserError("local mode has no database service (usage goes to SQLite)", 2)
-        names = [name for name, _, _ in stack.services()
-                 if service is None or name == service or name.startswith(f"{service}-")]
+        names = [s.name for s in stack.services if service is None or s.role == service]
         paths = [str(Path(stack.log_dir) / f"{name}.log") for name in names]
         argv = ["tail", "-n", "100", *(["-F"] if follow else []), *paths]
         os.execvp(argv[0], argv)

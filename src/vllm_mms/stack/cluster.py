@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -27,6 +25,7 @@ from .. import paths
 from ..config.resolve import Project, Resolved, resolve
 from ..engine import fit, serve
 from ..errors import UserError
+from ..progress import SYSTEM_CLOCK, Clock, wait_until
 
 CLUSTER_COMPOSE = "docker-compose.cluster.yml"
 WORKER_SERVICE = "ray-worker"
@@ -74,7 +73,7 @@ def parallel_sizes(resolved: Resolved) -> tuple[int, int]:
     return per_node, nodes
 
 
-def engine_argv(resolved: Resolved, port: int = 8000) -> list[str]:
+def cluster_engine_argv(resolved: Resolved, port: int = 8000) -> list[str]:
     """The catalog's engine line, spread over the cluster: its own parallel flags replaced."""
     argv = serve.strip_flags(serve.engine_argv(resolved, host="0.0.0.0", port=port),
                               PARALLEL_FLAGS)
@@ -108,28 +107,29 @@ def cluster_size(python: str, address: str) -> Optional[tuple[int, float]]:
         return None
 
 
-def wait_for_nodes(python: str, address: str, nodes: int, gpus: int, deadline_s: float) -> float:
+def wait_for_nodes(python: str, address: str, nodes: int, gpus: int, deadline_s: float,
+                   clock: Clock = SYSTEM_CLOCK) -> float:
     """Until `nodes` nodes with `gpus` GPUs in all have joined; seconds waited."""
-    start = time.monotonic()
-    seen: Optional[tuple[int, float]] = None
-    last_said = -60.0
-    while True:
+    start = clock.monotonic()
+    seen: Optional[tuple[int, float]] = None  # the last answer Ray gave
+
+    def joined() -> bool:
+        nonlocal seen
         seen = cluster_size(python, address) or seen
-        if seen and seen[0] >= nodes and seen[1] >= gpus:
-            return time.monotonic() - start
-        waited = time.monotonic() - start
-        if waited > deadline_s:
-            have = f"{seen[0]} node(s), {seen[1]:g} GPU(s)" if seen else "no answer from Ray"
-            raise UserError(f"the Ray cluster at {address} has {have} after {deadline_s:.0f}s; "
-                            f"it needs {nodes} node(s) with {gpus} GPU(s): start the worker "
-                            f"(./runMe.sh cluster worker) on each other node, check "
-                            f"VLLM_HOST_IP / CLUSTER_HEAD_IP and that the nodes reach each "
-                            f"other (MULTINODE.md)")
-        if waited - last_said >= 30:
-            print(f"[cluster] waiting for {nodes} node(s) with {gpus} GPU(s) at {address}: "
-                  f"{seen[0] if seen else 0} joined ... {waited:.0f}s", file=sys.stderr, flush=True)
-            last_said = waited
-        time.sleep(3)
+        return seen is not None and seen[0] >= nodes and seen[1] >= gpus
+
+    def progress() -> str:
+        return (f"[cluster] waiting for {nodes} node(s) with {gpus} GPU(s) at {address}: "
+                f"{seen[0] if seen else 0} joined")
+
+    if not wait_until(joined, deadline_s, progress, every=3, clock=clock):
+        have = f"{seen[0]} node(s), {seen[1]:g} GPU(s)" if seen else "no answer from Ray"
+        raise UserError(f"the Ray cluster at {address} has {have} after {deadline_s:.0f}s; "
+                        f"it needs {nodes} node(s) with {gpus} GPU(s): start the worker "
+                        f"(./runMe.sh cluster worker) on each other node, check "
+                        f"VLLM_HOST_IP / CLUSTER_HEAD_IP and that the nodes reach each "
+                        f"other (MULTINODE.md)")
+    return clock.monotonic() - start
 
 
 # ----------------------------------------------------------------------------- entrypoints
@@ -154,7 +154,7 @@ def head_entrypoint(resolved: Resolved, key: str) -> None:
     tensor, pipeline = parallel_sizes(resolved)
     wait_for_nodes("python3", address, resolved.settings.CLUSTER_NODES, tensor * pipeline,
                    float(os.environ.get("MMS_CLUSTER_TIMEOUT", "1800")))
-    argv = engine_argv(resolved, int(os.environ.get("MMS_ENGINE_PORT", "8000")))
+    argv = cluster_engine_argv(resolved, int(os.environ.get("MMS_ENGINE_PORT", "8000")))
     env["RAY_ADDRESS"] = address  # vLLM joins this cluster instead of starting its own
     print(f"[cluster] exec {json.dumps(argv)}", flush=True)
     os.execvpe(argv[0], argv, env)

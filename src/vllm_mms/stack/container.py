@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Optional
@@ -20,6 +19,7 @@ from typing import Optional
 from ..config.resolve import SERVED_MODEL_NAME, Project, Resolved, resolve
 from ..engine import serve
 from ..errors import UserError
+from ..progress import SYSTEM_CLOCK, Clock, wait_until
 from . import cluster, replicas
 from .render import CONFIG_FILE, MODELS_FILE, compose_api_bases, render
 
@@ -80,14 +80,16 @@ def served_weights(resolved: Resolved) -> Optional[Path]:
     return Path(mounted)
 
 
-def wait_for_key(key_path: Path, deadline_s: float = 120) -> str:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if key_path.is_file() and key_path.read_text().strip():
-            return key_path.read_text().strip()
-        time.sleep(1)
-    raise UserError(f"{key_path} did not appear within {deadline_s:.0f}s: replica 1 "
-                    f"(the vllm-node service) has not started")
+def wait_for_key(key_path: Path, deadline_s: float = 120, clock: Clock = SYSTEM_CLOCK) -> str:
+    """The engine key replica 1 writes for the others."""
+    def written() -> bool:
+        return key_path.is_file() and bool(key_path.read_text().strip())
+
+    if not wait_until(written, deadline_s, f"[entrypoint] waiting for {key_path} from replica 1",
+                      clock=clock):
+        raise UserError(f"{key_path} did not appear within {deadline_s:.0f}s: replica 1 "
+                        f"(the vllm-node service) has not started")
+    return key_path.read_text().strip()
 
 
 def proxy_entrypoint(project: Project) -> None:

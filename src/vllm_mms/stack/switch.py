@@ -18,9 +18,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
-from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -28,8 +26,11 @@ from .. import bootstrap
 from ..config.resolve import Project, Resolved, resolve
 from ..engine import fit
 from ..errors import UserError
+from ..progress import SYSTEM_CLOCK, Clock, wait_until
 from . import local
+from .processes import alive, free_port, http_ok, process_env, tail, terminate
 from .render import render
+from .state import Stack
 
 ENGINE_SERVICE = "vllm-node"
 ENGINE_CONTAINER = "vllm-container"
@@ -37,10 +38,10 @@ ENGINE_CONTAINER = "vllm-container"
 
 def switch(project: Project, name: str, force: bool, compose: list[str]) -> int:
     target = resolve(project, name)  # an unknown or broken model fails here, before anything
-    stack = local.read_stack()
-    if stack is not None and any(local.alive(p) for p in stack.pids):
+    stack = Stack.load()
+    if stack is not None and any(alive(p) for p in stack.pids):
         return switch_local(project, stack, name, force)
-    if compose and compose_engine_model(compose) is not None:
+    if compose and compose_engine_model() is not None:
         return switch_compose(project, compose, name, force)
     start = f"./runMe.sh --local {name}" if target.model.local_weights else f"MODEL={name} ./runMe.sh"
     raise UserError(f"nothing is running to switch; start {name} with: {start}")
@@ -51,7 +52,7 @@ def switch(project: Project, name: str, force: bool, compose: list[str]) -> int:
 def proxy_engine_key(proxy_pid: int) -> str:
     """The key the running proxy sends to the engine (from its environment: the new engine
     must accept the same key, and it is written nowhere)."""
-    key = local.process_env(proxy_pid, "VLLM_API_KEY")
+    key = process_env(proxy_pid, "VLLM_API_KEY")
     if not key:
         raise UserError(f"cannot read the engine key of the proxy (pid {proxy_pid}); restart "
                         f"the stack: ./runMe.sh down && ./runMe.sh --local")
@@ -68,37 +69,37 @@ def engine_load(port: int) -> Optional[float]:
     return metrics.get("vllm:num_requests_running", 0.0) + metrics.get("vllm:num_requests_waiting", 0.0)
 
 
-def wait_engine(proc: subprocess.Popen, port: int, log: Path, deadline_s: float) -> None:
-    update = local._progress("switch")
-    deadline = time.monotonic() + deadline_s
-    while not local.http_ok(f"http://127.0.0.1:{port}/health"):
+def wait_engine(proc: subprocess.Popen, port: int, log: Path, deadline_s: float,
+                clock: Clock = SYSTEM_CLOCK) -> None:
+    def healthy() -> bool:
         if proc.poll() is not None:
             raise UserError(f"the new engine exited (code {proc.returncode}) while loading; "
-                            f"last lines of {log}:\n{local.tail(log)}")
-        if time.monotonic() > deadline:
-            raise UserError(f"the new engine was not healthy after {deadline_s:.0f}s "
-                            f"(MMS_START_TIMEOUT); last lines of {log}:\n{local.tail(log)}")
-        update("loading the new model")
-        time.sleep(1)
-    if sys.stderr.isatty():
-        sys.stderr.write("\r\033[K")
+                            f"last lines of {log}:\n{tail(log)}")
+        return http_ok(f"http://127.0.0.1:{port}/health")
+
+    if not wait_until(healthy, deadline_s, "switch: loading the new model", clock=clock):
+        raise UserError(f"the new engine was not healthy after {deadline_s:.0f}s "
+                        f"(MMS_START_TIMEOUT); last lines of {log}:\n{tail(log)}")
 
 
-def proxy_serves(stack: local.Stack, master_key: str, names: list[str], deadline_s: float) -> bool:
-    """True once the proxy lists the new model ids (it re-reads config.yaml on a request)."""
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        request = urllib.request.Request(f"http://127.0.0.1:{stack.proxy_port}/v1/models",
-                                         headers={"Authorization": f"Bearer {master_key}"})
-        try:
-            with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310 - loopback
-                ids = {m.get("id") for m in json.load(resp).get("data", [])}
-            if set(names) <= ids:
-                return True
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.5)
-    return False
+def proxy_lists(port: int, master_key: str, names: list[str]) -> bool:
+    """Whether the proxy on `port` lists all of `names` (it re-reads config.yaml on a request)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models",
+                                     headers={"Authorization": f"Bearer {master_key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310 - loopback
+            ids = {m.get("id") for m in json.load(resp).get("data", [])}
+    except (OSError, ValueError):
+        return False
+    return set(names) <= ids
+
+
+def proxy_serves(stack: Stack, master_key: str, names: list[str], deadline_s: float,
+                 clock: Clock = SYSTEM_CLOCK) -> bool:
+    """True once the proxy lists the new model ids, False if not within `deadline_s`."""
+    return wait_until(lambda: proxy_lists(stack.proxy_port, master_key, names), deadline_s,
+                      "switch: waiting for the proxy to serve the new model", every=0.5,
+                      clock=clock)
 
 
 # The engine's gauges lag: a request the proxy routed just before it moved may still be on its
@@ -106,38 +107,42 @@ def proxy_serves(stack: local.Stack, master_key: str, names: list[str], deadline
 DRAIN_QUIET_S = 3.0
 
 
-def drain(port: int, deadline_s: float, quiet_s: float = DRAIN_QUIET_S) -> float:
+def drain(port: int, deadline_s: float, quiet_s: float = DRAIN_QUIET_S,
+          clock: Clock = SYSTEM_CLOCK) -> float:
     """Wait until the old engine has had nothing running or waiting for `quiet_s` seconds
-    (or it no longer answers, or the deadline)."""
-    start = time.monotonic()
-    idle_since: Optional[float] = None
-    while time.monotonic() - start < deadline_s:
+    (or it no longer answers, or the deadline); the seconds waited."""
+    start = clock.monotonic()
+    idle_since: Optional[float] = None  # when the current idle stretch began
+
+    def settled() -> bool:
+        nonlocal idle_since
         load = engine_load(port)
         if load is None:  # the engine no longer answers
-            break
-        now = time.monotonic()
+            return True
         if load:
             idle_since = None
-        elif idle_since is None:
-            idle_since = now
-        elif now - idle_since >= quiet_s:
-            break
-        time.sleep(0.5)
-    return time.monotonic() - start
+            return False
+        if idle_since is None:
+            idle_since = clock.monotonic()
+        return clock.monotonic() - idle_since >= quiet_s
+
+    wait_until(settled, deadline_s, "switch: the old engine finishes what it serves",
+               every=0.5, clock=clock)
+    return clock.monotonic() - start
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def switch_local(project: Project, stack: local.Stack, name: str, force: bool) -> int:
+def switch_local(project: Project, stack: Stack, name: str, force: bool) -> int:
     if stack.model == name:
         print(f"{name} is already serving")
         return 0
-    if stack.replicas:
+    if len(stack.engines) > 1:
         raise UserError(f"switch moves one engine, and {stack.model} runs "
-                        f"{len(stack.replicas) + 1} replicas: ./runMe.sh down && "
-                        f"./runMe.sh --local {name} --replicas {len(stack.replicas) + 1}")
+                        f"{len(stack.engines)} replicas: ./runMe.sh down && "
+                        f"./runMe.sh --local {name} --replicas {len(stack.engines)}")
     old = resolve(project, stack.model)
     new = resolve(project, name)
     local.require_cpu_model(project, new)
@@ -149,9 +154,10 @@ def switch_local(project: Project, stack: local.Stack, name: str, force: bool) -
         weights = ensure_weights(engine_python)
     fit.preflight(new, force, weights)
 
-    key = proxy_engine_key(stack.proxy_pid)
+    key = proxy_engine_key(stack.proxy.pid)
+    engine = stack.engines[0]
     logs = Path(stack.log_dir)
-    port = local.free_port()
+    port = free_port()
     with open(logs / "engine.log", "a") as handle:
         handle.write(f"=== switch: starting {name} on port {port} ===\n")
     print(f"switch: starting {name} beside {stack.model} (engine port {port}) ...", flush=True)
@@ -170,19 +176,19 @@ def switch_local(project: Project, stack: local.Stack, name: str, force: bool) -
             raise UserError("the proxy did not pick up the new configuration within 30s")
     except (UserError, KeyboardInterrupt) as exc:
         if rendered:
-            render(project, old, generated, api_base=f"http://127.0.0.1:{stack.engine_port}/v1")
-        local.terminate([proc.pid])
+            render(project, old, generated, api_base=f"http://127.0.0.1:{engine.port}/v1")
+        terminate([proc.pid])
         why = exc.message if isinstance(exc, UserError) else "interrupted"
         raise UserError(f"switch to {name} failed, {stack.model} keeps serving (rolled back): "
                         f"{why}") from None
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
 
-    old_pid, old_port = stack.engine_pid, stack.engine_port
-    stack.model, stack.engine_pid, stack.engine_port = name, proc.pid, port
-    local.stack_file().write_text(json.dumps(asdict(stack)) + "\n")
+    old_pid, old_port = engine.pid, engine.port
+    stack.model, engine.pid, engine.port = name, proc.pid, port
+    stack.save()
     waited = drain(old_port, float(old.limits["request_timeout"]))
-    local.terminate([old_pid])
+    terminate([old_pid])
     print(f"switched: {old.name} -> {name}; the proxy on port {stack.proxy_port} serves "
           f"{', '.join(new.model_names)} (old engine drained in {waited:.1f}s and stopped)")
     return 0
@@ -203,7 +209,7 @@ def compose_engine_env() -> Optional[dict[str, str]]:
     return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
 
 
-def compose_engine_model(compose: list[str]) -> Optional[str]:
+def compose_engine_model() -> Optional[str]:
     """MODEL of the engine container, or None when it does not exist."""
     return (compose_engine_env() or {}).get("MODEL")
 
@@ -220,26 +226,28 @@ def recreate_engine(project: Project, resolved: Resolved) -> None:
         raise UserError(f"'{' '.join(cmd)}' failed (exit {result.returncode})")
 
 
-def wait_container_healthy(deadline_s: float) -> Optional[str]:
+def wait_container_healthy(deadline_s: float, clock: Clock = SYSTEM_CLOCK) -> Optional[str]:
     """None when healthy, else why not. The engine restarts by itself when vLLM exits
     (restart: unless-stopped), so a restart counts as a failure too."""
-    update = local._progress("switch")
-    deadline = time.monotonic() + deadline_s
-    while True:
+    failure: Optional[str] = None
+
+    def settled() -> bool:
+        nonlocal failure
         out = _docker(["docker", "inspect", "--format",
                        "{{.State.Status}} {{.RestartCount}} "
                        "{{if .State.Health}}{{.State.Health.Status}}{{end}}", ENGINE_CONTAINER])
         status, restarts, *health = out.stdout.split() or ["gone", "0"]
         if out.returncode == 0 and health == ["healthy"]:
-            return None
+            return True
         if out.returncode != 0 or status in ("exited", "dead") or health == ["unhealthy"]:
-            return f"the engine container is {' '.join([status, *health])}"
-        if restarts != "0":
-            return f"vLLM exited and the engine container restarted ({restarts}x)"
-        if time.monotonic() > deadline:
-            return f"the engine was not healthy after {deadline_s:.0f}s (MMS_START_TIMEOUT)"
-        update("loading the new model")
-        time.sleep(5)
+            failure = f"the engine container is {' '.join([status, *health])}"
+        elif restarts != "0":
+            failure = f"vLLM exited and the engine container restarted ({restarts}x)"
+        return failure is not None
+
+    if not wait_until(settled, deadline_s, "switch: loading the new model", every=5, clock=clock):
+        return f"the engine was not healthy after {deadline_s:.0f}s (MMS_START_TIMEOUT)"
+    return failure
 
 
 def switch_compose(project: Project, compose: list[str], name: str, force: bool) -> int:
