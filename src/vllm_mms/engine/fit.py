@@ -340,7 +340,7 @@ class Estimate:
 
 def plan_from_command(resolved: Resolved, max_model_len: Optional[int],
                       max_num_seqs: Optional[int], utilization: Optional[float]) -> Plan:
-    argv = schema.parse_command(resolved.model.command)
+    argv = resolved.argv
     model_len = max_model_len or schema.parse_size(serve.flag_value(argv, "--max-model-len") or "") \
         or resolved.context_length
     if not isinstance(model_len, int) or model_len <= 0:
@@ -466,7 +466,7 @@ def check(resolved: Resolved, *, gpu_memory: Optional[float] = None, nodes: int 
           utilization: Optional[float] = None, weights: Optional[Path] = None,
           parallel: Optional[int] = None) -> Verdict:
     """`parallel`: GPUs the engine spans when that is not its command's (a Ray cluster)."""
-    argv = schema.parse_command(resolved.model.command)
+    argv = resolved.argv
     shape = model_shape(resolved, argv[2], weights)
     plan = plan_from_command(resolved, max_model_len, max_num_seqs, utilization)
     if parallel:
