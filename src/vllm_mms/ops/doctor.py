@@ -165,11 +165,9 @@ def check_fit(project: Project, local_mode: bool) -> Check:
         verdict = fit.check(resolve(project, name))
     except UserError as exc:
         return Check("warn", "memory fit", f"{name}: not checked ({exc.message.splitlines()[0]})")
-    summary = verdict.lines[-1] if verdict.fits else next(
-        line for line in verdict.lines if line.startswith("verdict:"))
     if verdict.fits:
-        return Check("ok", "memory fit", f"{name}: {summary.removeprefix('verdict: ')}")
-    return Check("fail", "memory fit", f"{name}: {summary.removeprefix('verdict: ')}",
+        return Check("ok", "memory fit", f"{name}: {verdict.summary}")
+    return Check("fail", "memory fit", f"{name}: {verdict.summary}",
                  f"./runMe.sh fit {name} shows the numbers and the changes that would fit")
 
 
