@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .. import environment
 from ..config import schema
 from ..config.resolve import Resolved
 from ..errors import UserError
@@ -222,7 +223,7 @@ def parse_memory(value: str) -> float:
 
 
 def meminfo_path() -> Path:
-    return Path(os.environ.get("MMS_MEMINFO") or "/proc/meminfo")
+    return environment.get("MMS_MEMINFO")
 
 
 def meminfo(path: Optional[Path] = None) -> dict[str, int]:

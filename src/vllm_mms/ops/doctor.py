@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 import yaml
 
+from .. import environment
 from ..config import schema
 from ..config.resolve import Project, global_settings, resolve
 from ..errors import UserError
@@ -143,7 +144,7 @@ def check_disk(project: Project) -> Check:
     cache = Path(os.environ.get("HF_CACHE_DIR") or Path.home() / ".cache" / "huggingface")
     probe = cache if cache.exists() else Path.home()
     free_gb = shutil.disk_usage(probe).free / 1e9
-    model = os.environ.get("MODEL")
+    model = environment.get("MODEL")
     need = _weights_gb(project, model) if model else None
     if need is None:
         return Check("ok", "disk", f"{free_gb:.0f} GB free for {probe}")
@@ -160,7 +161,8 @@ def check_fit(project: Project, local_mode: bool) -> Check:
 
     if local_mode and read_stack() is not None:
         return Check("ok", "memory fit", "a local stack is running (./runMe.sh fit NAME checks another)")
-    name = os.environ.get("MODEL") or ("smollm2-135m-cpu" if local_mode else "glm47-flash")
+    name = environment.get("MODEL") or (environment.DEFAULT_LOCAL_MODEL if local_mode
+                                        else environment.DEFAULT_COMPOSE_MODEL)
     try:
         verdict = fit.check(resolve(project, name))
     except UserError as exc:

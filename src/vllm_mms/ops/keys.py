@@ -19,6 +19,7 @@ import time
 from collections import defaultdict
 from typing import Any, Optional
 
+from .. import environment
 from ..errors import UserError
 from ..proxy.store import Store
 
@@ -64,7 +65,8 @@ def in_compose() -> bool:
     """The compose stack runs and nothing points us at a database of our own."""
     from ..stack.local import read_stack
 
-    if os.environ.get("MMS_DATABASE_URL") or read_stack() is not None or not shutil.which("docker"):
+    if (environment.is_set("MMS_DATABASE_URL") or read_stack() is not None
+            or not shutil.which("docker")):
         return False
     probe = subprocess.run(["docker", "ps", "--filter", "name=litellm-container", "-q"],
                            capture_output=True, text=True)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .. import bootstrap, paths
+from .. import bootstrap, environment, paths
 from ..config import schema
 from ..config.resolve import Project, Resolved, resolve
 from ..engine import fit, serve
@@ -278,7 +278,7 @@ def start_local(project: Project, name: str, detach: bool, force: bool = False) 
     migrate_store()
     stack, procs = launch(resolved, engine_python, weights, generated, logs, engine_ports)
     try:
-        wait_healthy(stack, procs, float(os.environ.get("MMS_START_TIMEOUT", "600")))
+        wait_healthy(stack, procs, environment.start_timeout())
     except BaseException:
         terminate(stack.pids)
         stack_file().unlink(missing_ok=True)
@@ -429,7 +429,7 @@ def supervise(stack: Stack, project: Optional[Project] = None, foreground: bool 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     if project is None:
-        project = Project(Path(os.environ.get("MMS_PROJECT_DIR") or paths.ROOT))
+        project = Project(paths.project_dir())
     if foreground:
         print("serving in the foreground (a service that dies is restarted); Ctrl-C stops "
               "everything", flush=True)

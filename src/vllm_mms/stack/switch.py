@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
-from .. import bootstrap
+from .. import bootstrap, environment
 from ..config.resolve import Project, Resolved, resolve
 from ..engine import fit
 from ..errors import UserError
@@ -163,7 +163,7 @@ def switch_local(project: Project, stack: local.Stack, name: str, force: bool) -
     rendered = False
     try:
         wait_engine(proc, port, logs / "engine.log",
-                    float(os.environ.get("MMS_START_TIMEOUT", "600")))
+                    environment.start_timeout())
         render(project, new, generated, api_base=f"http://127.0.0.1:{port}/v1")
         rendered = True
         if not proxy_serves(stack, new.settings.LITELLM_MASTER_KEY, new.model_names, 30):
@@ -265,7 +265,7 @@ def switch_compose(project: Project, compose: list[str], name: str, force: bool)
                         f"while {name} is {kinds[is_cpu_model(new)]}: ./runMe.sh down && "
                         f"./runMe.sh {name} -d --build")
     fit.preflight(new, force)
-    deadline = float(os.environ.get("MMS_START_TIMEOUT", "1800"))
+    deadline = environment.start_timeout(compose=True)
     recreate_engine(project, new)
     why = wait_container_healthy(deadline)
     if why is None:
