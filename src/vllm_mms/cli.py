@@ -91,7 +91,7 @@ def print_models(proj: Project) -> None:
 def cmd_render(args: argparse.Namespace) -> int:
     proj = project()
     resolved = resolve(proj, args.model)
-    out = Path(args.out) if args.out else proj.root / "generated_configs"
+    out = Path(args.out) if args.out else proj.root / paths.GENERATED_CONFIGS
     written = render(proj, resolved, out, api_base=compose_api_bases(resolved.replicas))
     argv = serve.engine_argv(resolved, host="0.0.0.0", port=8000,
                               sharing=replicas.sharing(resolved))

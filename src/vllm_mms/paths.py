@@ -8,7 +8,7 @@ from . import environment
 from .environment import CONTAINER_GENERATED_DIR, GENERATED_CONFIGS, ROOT
 
 __all__ = ["ROOT", "GENERATED_CONFIGS", "CONTAINER_GENERATED_DIR", "cache_dir", "state_dir",
-           "project_dir"]
+           "generated_dir", "project_dir"]
 
 
 def cache_dir() -> Path:
@@ -19,6 +19,11 @@ def cache_dir() -> Path:
 def state_dir() -> Path:
     """The running local stack: pids, generated configs, logs."""
     return environment.get("MMS_STATE_DIR")
+
+
+def generated_dir() -> Path:
+    """The local stack's rendered configuration (the containers': CONTAINER_GENERATED_DIR)."""
+    return state_dir() / GENERATED_CONFIGS
 
 
 def project_dir() -> Path:

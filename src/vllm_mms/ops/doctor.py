@@ -16,11 +16,12 @@ from typing import Callable, Optional
 
 import yaml
 
-from .. import environment
+from .. import environment, paths
 from ..config import schema
 from ..config.resolve import Project, global_settings, resolve
 from ..errors import UserError
 from ..stack.local import alive, health_url, http_ok, read_stack
+from ..stack.render import CONFIG_FILE
 
 
 @dataclass
@@ -123,8 +124,7 @@ def check_local_stack() -> list[Check]:
                                 f"see {stack.log_dir}/{label}.log"))
         else:
             checks.append(Check("ok", label, f"healthy at {url.rsplit('/', 1)[0]}"))
-    generated = Path(stack.log_dir).parent / "generated_configs" / "config.yaml"
-    checks.append(_check_generated(generated))
+    checks.append(_check_generated(paths.generated_dir() / CONFIG_FILE))
     return checks
 
 
@@ -216,7 +216,14 @@ def check_redis(project: Project) -> Optional[Check]:
 def check_compose(compose: list[str]) -> list[Check]:
     """Services' state and health, the rendered config inside the engine, and the network
     from the proxy container to the engine."""
-    from ..stack.compose import SERVICE_ORDER, containers
+    from ..stack.compose import (
+        ENGINE_CONTAINER,
+        ENGINE_SERVICE,
+        PROXY_CONTAINER,
+        SERVICE_ORDER,
+        SERVICES,
+        containers,
+    )
 
     found = {c.service: c for c in containers(compose)}
     if not found:
@@ -225,23 +232,25 @@ def check_compose(compose: list[str]) -> list[Check]:
     checks = []
     for service in (*SERVICE_ORDER, *sorted(set(found) - set(SERVICE_ORDER))):
         c = found.get(service)
-        logs = {"litellm": "./runMe.sh logs proxy", "litellm_db": "./runMe.sh logs db"}
+        logs = {compose_name: f"./runMe.sh logs {name}" for name, compose_name in SERVICES.items()}
         hint = ("the engine loads for minutes after start; watch ./runMe.sh logs engine"
-                if service.startswith("vllm-node") else logs.get(service, f"docker logs {service}"))
+                if service.startswith(ENGINE_SERVICE) else logs.get(service, f"docker logs {service}"))
         shown = "missing" if c is None else c.state + (f" ({c.health})" if c.health else "")
         checks.append(Check("ok" if c is not None and c.good else "fail", f"service {service}",
                             shown, hint))
-    rendered = _docker("exec", "vllm-container", "test", "-s", "/app/generated_configs/config.yaml")
+    rendered = _docker("exec", ENGINE_CONTAINER, "test", "-s",
+                       str(paths.CONTAINER_GENERATED_DIR / CONFIG_FILE))
     checks.append(Check("ok", "generated config", "present in the engine container")
                   if rendered and rendered.returncode == 0 else
                   Check("fail", "generated config", "missing in the engine container",
                         "./runMe.sh render NAME shows the error without Docker"))
-    network = _docker("exec", "litellm-container", "python3", "-c",
+    engine = f"{ENGINE_SERVICE}:8000"  # the engine's port inside the compose network
+    network = _docker("exec", PROXY_CONTAINER, "python3", "-c",
                       "import urllib.request; urllib.request.urlopen("
-                      "'http://vllm-node:8000/health', timeout=5)")
-    checks.append(Check("ok", "proxy → engine", "http://vllm-node:8000/health answers")
+                      f"'http://{engine}/health', timeout=5)")
+    checks.append(Check("ok", "proxy → engine", f"http://{engine}/health answers")
                   if network and network.returncode == 0 else
-                  Check("fail", "proxy → engine", "the proxy container cannot reach vllm-node:8000",
+                  Check("fail", "proxy → engine", f"the proxy container cannot reach {engine}",
                         "both services must be on the compose network; docker compose up -d"))
     return checks
 

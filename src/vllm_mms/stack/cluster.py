@@ -27,10 +27,10 @@ from .. import environment, paths
 from ..config.resolve import Project, Resolved, resolve
 from ..engine import fit, serve
 from ..errors import UserError
+from .compose import ENGINE_SERVICE, WORKER_SERVICE
 
 CLUSTER_COMPOSE = "docker-compose.cluster.yml"
-WORKER_SERVICE = "ray-worker"
-HEAD_SERVICE = "vllm-node"
+HEAD_SERVICE = ENGINE_SERVICE  # the Ray head serves in the engine service
 INFINIBAND = environment.variable("MMS_INFINIBAND_DEVICE").default
 INFINIBAND_COMPOSE = "compose.infiniband.yml"  # in the state directory, only when it exists
 # Defaults for both Ray roles (and vLLM's own Ray driver on the head). A value in the

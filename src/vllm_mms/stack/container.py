@@ -22,6 +22,7 @@ from ..config.resolve import SERVED_MODEL_NAME, Project, Resolved, resolve
 from ..engine import serve
 from ..errors import UserError
 from . import cluster, replicas
+from .compose import ENGINE_SERVICE
 from .render import CONFIG_FILE, MODELS_FILE, compose_api_bases, render
 
 GENERATED_DIR = environment.get("MMS_GENERATED_DIR")
@@ -88,7 +89,7 @@ def wait_for_key(key_path: Path, deadline_s: float = 120) -> str:
             return key_path.read_text().strip()
         time.sleep(1)
     raise UserError(f"{key_path} did not appear within {deadline_s:.0f}s: replica 1 "
-                    f"(the vllm-node service) has not started")
+                    f"(the {ENGINE_SERVICE} service) has not started")
 
 
 def proxy_entrypoint(project: Project) -> None:

@@ -270,7 +270,7 @@ def start_local(project: Project, name: str, detach: bool, force: bool = False) 
     state = paths.state_dir()
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    generated = state / "generated_configs"
+    generated = paths.generated_dir()
     # Replica 1 on VLLM_PORT, the others on free ports.
     engine_ports = [settings.VLLM_PORT, *(free_port() for _ in range(resolved.replicas - 1))]
     render(project, resolved, generated,
@@ -406,7 +406,7 @@ def restart(stack: Stack, name: str, project: Project) -> Stack:
     with open(logs / f"{name}.log", "a") as handle:
         handle.write(f"=== supervisor: the {name} exited; restarting it ===\n")
     if name == "proxy":
-        proc = proxy_process(resolved, logs.parent / "generated_configs", key, logs, port)
+        proc = proxy_process(resolved, paths.generated_dir(), key, logs, port)
     else:
         from ..engine.prepare_model import weights_dir
 

@@ -20,9 +20,7 @@ import yaml
 from ..config.resolve import Resolved
 from ..engine import serve
 from ..errors import UserError
-
-ENGINE_SERVICE = "vllm-node"
-ENGINE_CONTAINER = "vllm-container"
+from .compose import ENGINE_CONTAINER, ENGINE_SERVICE
 
 
 def gpu_groups(resolved: Resolved) -> Optional[list[str]]:

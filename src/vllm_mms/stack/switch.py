@@ -24,15 +24,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
-from .. import bootstrap, environment
+from .. import bootstrap, environment, paths
 from ..config.resolve import Project, Resolved, resolve
 from ..engine import fit
 from ..errors import UserError
 from . import local
+from .compose import ENGINE_CONTAINER, ENGINE_SERVICE
 from .render import render
-
-ENGINE_SERVICE = "vllm-node"
-ENGINE_CONTAINER = "vllm-container"
 
 
 def switch(project: Project, name: str, force: bool, compose: list[str]) -> int:
@@ -159,7 +157,7 @@ def switch_local(project: Project, stack: local.Stack, name: str, force: bool) -
     # leave the new engine running on its own.
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     proc = local.engine_process(new, engine_python, weights, key, logs, port)
-    generated = logs.parent / "generated_configs"
+    generated = paths.generated_dir()
     rendered = False
     try:
         wait_engine(proc, port, logs / "engine.log",
