@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from vllm_mms import environment
+
 # Before anything imports litellm: it would otherwise fetch its cost map from the internet.
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_CACHE = Path(os.environ.get("MMS_CACHE_DIR") or Path.home() / ".cache" / "vllm-mms")
+REAL_CACHE = environment.get("MMS_CACHE_DIR")
 # Settings the developer may have exported must not leak into exact-output tests.
 SETTING_NAMES = ("LITELLM_TEMPERATURE", "LITELLM_TOP_P", "LITELLM_TOP_K",
                  "LITELLM_REPETITION_PENALTY", "LITELLM_MAX_TOKENS", "MAX_PARALLEL_REQUESTS",
@@ -133,8 +135,7 @@ def docker_stand_in(tmp_path: Path, record: Path, containers: list[dict], metric
     return bin_dir
 
 
-POSTGRES_ADMIN_URL = os.environ.get("MMS_TEST_POSTGRES_URL",
-                                    "postgresql://postgres@127.0.0.1:5432/postgres")
+POSTGRES_ADMIN_URL = environment.get("MMS_TEST_POSTGRES_URL")
 
 
 def _fresh_database():

@@ -112,3 +112,23 @@ def test_stop_sequences_default_and_enforced(project_dir):
     project = write(project_dir, "", '  stop: {value: ["\\n\\n"], enforce: true}\n')
     assert resolve(project, "t", environ={}).sampling == {
         "stop": {"value": ["\n\n"], "enforce": True}}
+
+
+def test_the_command_is_split_once_per_resolve(project_dir, monkeypatch):
+    """Resolved.argv is the one split of the command line: the engine argv, the memory fit,
+    the replicas' GPU groups and pull's hub id all use it."""
+    from vllm_mms.config import schema
+    from vllm_mms.engine import fit, serve
+    from vllm_mms.stack import replicas
+
+    calls = []
+    split = schema.parse_command
+    monkeypatch.setattr(schema, "parse_command", lambda line: calls.append(line) or split(line))
+    project = write(project_dir, "REPLICAS=2\nREPLICA_GPUS=0 1\n", "")
+    resolved = resolve(project, "t", environ={})
+    assert resolved.argv == ["vllm", "serve", "org/m", "--max-model-len", "8192"]
+    serve.engine_argv(resolved, host="h", port=1)
+    serve.shared_utilization(resolved, 2)
+    fit.plan_from_command(resolved, None, None, None)
+    replicas.gpu_groups(resolved)
+    assert (resolved.hf_model, calls) == ("org/m", ["vllm serve org/m --max-model-len 8192"])

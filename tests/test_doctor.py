@@ -116,3 +116,28 @@ def test_shared_limits_redis_is_checked_without_showing_its_url(project_dir, tmp
     assert lines[index + 1] == ("      fix: start Redis or fix PROXY_REDIS_URL "
                                 "(secrets/PROXY_REDIS_URL)")
     assert "pw-canary" not in result.out + result.err
+
+
+def test_memory_fit_is_told_from_the_verdict_fields(project_dir, monkeypatch):
+    """doctor reads fit's verdict (fits, numbers, reasons), not its printed report."""
+    from vllm_mms.config.resolve import Project
+    from vllm_mms.engine import fit
+    from vllm_mms.ops import doctor
+
+    def verdict(fits: bool, reasons: list[str]) -> fit.Verdict:
+        gib = fit.GiB
+        plan = fit.Plan(8192, 4, 0.9, 2, "bf16", 1)
+        estimate = fit.Estimate(plan, budget=10 * gib, weights=4 * gib, overhead=1 * gib,
+                                kv_one=0.5 * gib, kv_all=3.5 * gib)
+        return fit.Verdict("m", "org/m", fit.Shape("test", 1, 1), plan,
+                           fit.Memory("test", 10 * gib, 1, False), estimate, fits, reasons)
+
+    monkeypatch.setenv("MODEL", "glm47-flash")
+    monkeypatch.setattr(fit, "check", lambda resolved: verdict(True, []))
+    ok = doctor.check_fit(Project(project_dir), local_mode=False)
+    monkeypatch.setattr(fit, "check", lambda resolved: verdict(False, ["one", "two"]))
+    failed = doctor.check_fit(Project(project_dir), local_mode=False)
+    assert (ok.status, ok.detail) == ("ok", "glm47-flash: fits (1.5 GiB to spare)")
+    assert (failed.status, failed.detail, failed.fix) == (
+        "fail", "glm47-flash: does not fit: one; two",
+        "./runMe.sh fit glm47-flash shows the numbers and the changes that would fit")

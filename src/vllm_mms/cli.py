@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import paths
+from . import environment, paths
 from .config import schema
 from .config.resolve import Project, resolve
 from .engine import fit, serve
@@ -18,8 +18,6 @@ from .errors import UserError
 from .stack import compose, replicas
 from .stack.render import compose_api_bases, render
 
-DEFAULT_COMPOSE_MODEL = "glm47-flash"
-DEFAULT_LOCAL_MODEL = "smollm2-135m-cpu"
 REPLICAS_COMPOSE = "compose.replicas.yml"  # in the state directory: generated, no secrets
 COMMANDS = ("render", "up", "down", "entrypoint", "proxy-entrypoint", "healthcheck",
             "schema", "docs", "test", "bench", "launch", "install-clients", "keys", "usage",
@@ -71,7 +69,7 @@ usage:
 
 
 def project() -> Project:
-    return Project(Path(os.environ.get("MMS_PROJECT_DIR") or paths.ROOT))
+    return Project(paths.project_dir())
 
 
 def print_models(proj: Project) -> None:
@@ -93,7 +91,7 @@ def print_models(proj: Project) -> None:
 def cmd_render(args: argparse.Namespace) -> int:
     proj = project()
     resolved = resolve(proj, args.model)
-    out = Path(args.out) if args.out else proj.root / "generated_configs"
+    out = Path(args.out) if args.out else proj.root / paths.GENERATED_CONFIGS
     written = render(proj, resolved, out, api_base=compose_api_bases(resolved.replicas))
     argv = serve.engine_argv(resolved, host="0.0.0.0", port=8000,
                               sharing=replicas.sharing(resolved))
@@ -110,7 +108,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     proj = project()
-    name = args.model or os.environ.get("MODEL") or DEFAULT_COMPOSE_MODEL
+    name = args.model or environment.get("MODEL") or environment.DEFAULT_COMPOSE_MODEL
     resolved = resolve(proj, name)  # fail here, in one line, before Docker is involved
     fit.preflight(resolved, args.force, sharing=replicas.sharing(resolved))
     files = compose.model_files(proj.root, resolved)
@@ -205,8 +203,8 @@ def cmd_test(args: argparse.Namespace, extra: Sequence[str]) -> int:
 def cmd_local(args: argparse.Namespace) -> int:
     from .stack import local
 
-    return local.start_local(project(), args.model or DEFAULT_LOCAL_MODEL, detach=args.detach,
-                             force=args.force)
+    return local.start_local(project(), args.model or environment.DEFAULT_LOCAL_MODEL,
+                             detach=args.detach, force=args.force)
 
 
 def running_compose() -> list[str]:
@@ -301,7 +299,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 def cmd_cluster(args: argparse.Namespace) -> int:
     from .stack import cluster
 
-    name = args.model or os.environ.get("MODEL") or DEFAULT_COMPOSE_MODEL
+    name = args.model or environment.get("MODEL") or environment.DEFAULT_COMPOSE_MODEL
     cmd = cluster.up(project(), args.role, name, args.detach, args.build, args.force)
     if not compose.docker_engine_reachable():
         raise UserError("no Docker engine is reachable ('docker ps' failed): start Docker "
@@ -364,7 +362,7 @@ def normalise(argv: list[str]) -> list[str]:
     """Map the user-facing shapes onto sub-commands:
     `--local [NAME]` → local; `NAME [-d]` → up NAME; nothing with MODEL set → up."""
     if not argv:
-        return ["up"] if os.environ.get("MODEL") else ["list"]
+        return ["up"] if environment.get("MODEL") else ["list"]
     if argv[0] == "--local":
         return ["local", *argv[1:]]
     if argv[0] in ("-h", "--help"):
@@ -442,7 +440,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - one line for the user, traceback on request
-        if os.environ.get("MMS_DEBUG"):
+        if environment.get("MMS_DEBUG"):
             raise
         print(f"internal error: {type(exc).__name__}: {exc} (MMS_DEBUG=1 shows the traceback)",
               file=sys.stderr)

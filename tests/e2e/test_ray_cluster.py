@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_mms import bootstrap
+from vllm_mms import bootstrap, environment
 from vllm_mms.config.resolve import Project, resolve
 from vllm_mms.stack import cluster, processes
 
@@ -41,7 +41,7 @@ print(len(set(nodes)))
 
 
 def cluster_python() -> str:
-    path = os.environ.get("MMS_CLUSTER_PYTHON") or str(bootstrap.python_of("cluster"))
+    path = str(environment.get("MMS_CLUSTER_PYTHON") or bootstrap.python_of("cluster"))
     if not Path(path).exists():
         if os.environ.get("CI"):
             pytest.fail(f"the cluster environment is missing ({path}); ./runMe.sh test builds it")

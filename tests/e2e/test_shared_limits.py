@@ -12,9 +12,11 @@ import time
 
 import pytest
 
+from vllm_mms import environment
+
 from .conftest import free_port
 
-REDIS_URL = os.environ.get("MMS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = environment.get("MMS_TEST_REDIS_URL")
 
 
 def redis_reachable() -> bool:

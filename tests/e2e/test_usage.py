@@ -4,13 +4,13 @@ PostgreSQL (a fresh database) and SQLite; the database cut for a while under ste
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from urllib.parse import urlparse
 
 import httpx
 import pytest
 
+from vllm_mms import environment
 from vllm_mms.proxy.store import Store
 
 from .faults import PausableTcpProxy
@@ -139,7 +139,7 @@ async def _tables_exist(url: str) -> bool:
         await store.close()
 
 
-OUTAGE_SECONDS = float(os.environ.get("MMS_TEST_OUTAGE_SECONDS", "60"))
+OUTAGE_SECONDS = environment.get("MMS_TEST_OUTAGE_SECONDS")
 
 
 def cuttable(postgres_url: str) -> tuple[PausableTcpProxy, str]:

@@ -48,6 +48,7 @@ class Project:
 class Resolved:
     name: str
     model: ModelFile
+    argv: list[str]                               # model.command split (schema.parse_command)
     settings: Settings
     sampling: dict[str, dict[str, Any]]          # param -> {"value": x, "enforce": bool}
     limits: dict[str, Optional[int]]              # max_parallel_requests, request_timeout, ...
@@ -56,7 +57,7 @@ class Resolved:
 
     @property
     def hf_model(self) -> str:
-        return schema.parse_command(self.model.command)[2]
+        return self.argv[2]
 
     @property
     def context_length(self) -> Optional[int]:
@@ -142,8 +143,8 @@ def resolve(project: Project, name: str, environ: Optional[dict[str, str]] = Non
     environ = dict(os.environ if environ is None else environ)
     schema.check_model_name(name, project.models_dir)
     model_path = project.models_dir / f"{name}.yml"
-    model = schema.load_model_file(model_path)
-    _check_context(model, schema.display_path(model_path))
+    model, argv = schema.read_model_file(model_path)
+    _check_context(model, argv, schema.display_path(model_path))
 
     layers = _global_layers(project, environ)
     settings, file_known, env_known = layers.settings, layers.file_known, layers.env_known
@@ -189,7 +190,7 @@ def resolve(project: Project, name: str, environ: Optional[dict[str, str]] = Non
     for key in list(engine_env):
         if key in environ:  # explicit environment beats both files
             engine_env[key] = environ[key]
-    return Resolved(name=name, model=model, settings=settings, sampling=sampling,
+    return Resolved(name=name, model=model, argv=argv, settings=settings, sampling=sampling,
                     limits=limits, engine_env=engine_env, secrets=secrets)
 
 
@@ -199,8 +200,7 @@ def _env_str(value: Any) -> str:
     return str(value)
 
 
-def _check_context(model: ModelFile, label: str) -> None:
-    argv = schema.parse_command(model.command)
+def _check_context(model: ModelFile, argv: list[str], label: str) -> None:
     flag_value = None
     for i, token in enumerate(argv):
         if token == "--max-model-len" and i + 1 < len(argv):

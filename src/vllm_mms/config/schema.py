@@ -356,6 +356,11 @@ def available_models(models_dir: Path) -> list[str]:
 
 
 def load_model_file(path: Path) -> ModelFile:
+    return read_model_file(path)[0]
+
+
+def read_model_file(path: Path) -> tuple[ModelFile, list[str]]:
+    """models/NAME.yml, validated, and its command split into argv (once: Resolved keeps it)."""
     label = display_path(path)
     try:
         raw = path.read_bytes()
@@ -382,10 +387,10 @@ def load_model_file(path: Path) -> ModelFile:
     except ValidationError as exc:
         raise UserError(f"{label}: {_describe(exc, data)}") from None
     try:
-        parse_command(model.command)
+        argv = parse_command(model.command)
     except UserError as exc:
         raise UserError(f"{label}: command: {exc.message}") from None
-    return model
+    return model, argv
 
 
 def parse_command(command: str) -> list[str]:

@@ -61,8 +61,7 @@ def run_tests(pytest_args: list[str]) -> int:
 
     install_clients()
     argv = [sys.executable, "-m", "pytest", *pytest_args]
-    env = {**os.environ, "MMS_ENGINE_PYTHON": str(engine_python),
-           "MMS_CLUSTER_PYTHON": str(cluster_python)}
+    env = {**os.environ, "MMS_CLUSTER_PYTHON": str(cluster_python)}
     os.chdir(paths.ROOT)
     os.execve(sys.executable, argv, env)
     return 0  # not reached

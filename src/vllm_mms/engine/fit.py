@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .. import environment
 from ..config import schema
 from ..config.resolve import Resolved
 from ..errors import UserError
@@ -222,7 +223,7 @@ def parse_memory(value: str) -> float:
 
 
 def meminfo_path() -> Path:
-    return Path(os.environ.get("MMS_MEMINFO") or "/proc/meminfo")
+    return environment.get("MMS_MEMINFO")
 
 
 def meminfo(path: Optional[Path] = None) -> dict[str, int]:
@@ -340,7 +341,7 @@ class Estimate:
 
 def plan_from_command(resolved: Resolved, max_model_len: Optional[int],
                       max_num_seqs: Optional[int], utilization: Optional[float]) -> Plan:
-    argv = schema.parse_command(resolved.model.command)
+    argv = resolved.argv
     model_len = max_model_len or schema.parse_size(serve.flag_value(argv, "--max-model-len") or "") \
         or resolved.context_length
     if not isinstance(model_len, int) or model_len <= 0:
@@ -451,14 +452,88 @@ def suggestions(shape: Shape, plan: Plan, memory: Memory) -> list[str]:
 
 # ----------------------------------------------------------------------------- report
 
-@dataclass
-class Verdict:
-    fits: bool
-    lines: list[str]
-
-
 def _gib(value: float) -> str:
     return f"{value / GiB:7.1f} GiB"
+
+
+@dataclass
+class Verdict:
+    """What `fit` found: its inputs, the estimate, whether the model fits and, when it does
+    not, why and which single changes would make it fit. `lines` is the report
+    `./runMe.sh fit` prints, `summary` its verdict in one line."""
+
+    name: str
+    model_id: str
+    shape: Shape
+    plan: Plan
+    memory: Memory
+    estimate: Estimate
+    fits: bool
+    reasons: list[str] = field(default_factory=list)   # why it does not fit
+    changes: list[str] = field(default_factory=list)   # each alone would make it fit
+
+    @property
+    def spare(self) -> float:
+        """KV-cache room left after max-num-seqs full-length sequences (negative: fewer fit)."""
+        return self.estimate.kv_room - self.estimate.kv_all
+
+    @property
+    def summary(self) -> str:
+        if not self.fits:
+            return f"does not fit: {'; '.join(self.reasons)}"
+        if self.spare >= 0:
+            return f"fits ({_gib(self.spare).strip()} to spare)"
+        return (f"fits; the KV cache holds {self.estimate.full_sequences} of "
+                f"{self.plan.max_num_seqs} sequences at full context (vLLM queues the rest; "
+                f"shorter prompts share the space)")
+
+    @property
+    def lines(self) -> list[str]:
+        est, plan, memory, shape = self.estimate, self.plan, self.memory, self.shape
+        per_token = kv_bytes(shape, plan, 1, plan.max_model_len) / plan.max_model_len
+        lines = [
+            f"fit {self.name} ({self.model_id})",
+            f"  memory     {memory.description}",
+        ]
+        if memory.cpu:
+            lines.append(f"  KV space  {_gib(est.budget - est.weights - est.overhead)}  "
+                         f"gpu-memory-utilization {plan.gpu_memory_utilization} x one NUMA node")
+        else:
+            lines.append(f"  budget    {_gib(est.budget)}  gpu-memory-utilization "
+                         f"{plan.gpu_memory_utilization} x {min(plan.parallel, memory.devices)} GPU(s)"
+                         + (f", {UNIFIED_OS_RESERVE // GiB} GiB kept for the OS" if memory.unified else ""))
+        if est.free_needed is not None:
+            free_spare = (est.free_available or 0) - est.free_needed
+            lines += [
+                f"  at start  {_gib(est.free_needed)}  must be free: gpu-memory-utilization "
+                f"{plan.gpu_memory_utilization:g} x {memory.per_device / GiB:.2f} GiB total "
+                f"(vLLM's start-up check)",
+                f"  available {_gib(est.free_available or 0)}  ({memory.available_source})",
+            ]
+            highest = max_free_utilization(memory)
+            if est.free_ok:
+                lines.append(f"  free check: ok ({free_spare / GiB:.1f} GiB to spare)")
+            elif highest is None:
+                lines.append("  free check: fails: too little memory is free for any "
+                             "--gpu-memory-utilization; stop what uses it (free -g)")
+            else:
+                lines.append(f"  free check: fails: lower --gpu-memory-utilization to {highest:.2f} "
+                             f"or less (available/total - {FREE_MARGIN:g})")
+        lines += [
+            f"  weights   {_gib(est.weights)}  ({shape.weights_source})",
+            f"  overhead  {_gib(est.overhead)}  ("
+            + ("the engine process" if memory.cpu else "activations, CUDA graphs, context")
+            + ": a margin, not a measurement)",
+            f"  KV cache  {_gib(est.kv_all)}  {plan.max_num_seqs} sequences x {plan.max_model_len} "
+            f"tokens, {per_token / 1024:.1f} KiB/token ({plan.kv_dtype})",
+            f"            {_gib(est.kv_one)}  one sequence at full context (the minimum to start)",
+            f"  total     {_gib(est.weights + est.overhead + est.kv_all)}",
+            f"  architecture: {shape.source}",
+            f"verdict: {self.summary}",
+        ]
+        if self.changes:
+            lines.append("  fits with one of these changes: " + "; ".join(self.changes))
+        return lines
 
 
 def check(resolved: Resolved, *, gpu_memory: Optional[float] = None, nodes: int = 1,
@@ -466,77 +541,30 @@ def check(resolved: Resolved, *, gpu_memory: Optional[float] = None, nodes: int 
           utilization: Optional[float] = None, weights: Optional[Path] = None,
           parallel: Optional[int] = None) -> Verdict:
     """`parallel`: GPUs the engine spans when that is not its command's (a Ray cluster)."""
-    argv = schema.parse_command(resolved.model.command)
-    shape = model_shape(resolved, argv[2], weights)
+    shape = model_shape(resolved, resolved.hf_model, weights)
     plan = plan_from_command(resolved, max_model_len, max_num_seqs, utilization)
     if parallel:
         plan.parallel = parallel
     memory = machine_memory(resolved, gpu_memory, nodes)
     est = estimate(shape, plan, memory)
-    per_token = kv_bytes(shape, plan, 1, plan.max_model_len) / plan.max_model_len
-    lines = [
-        f"fit {resolved.name} ({argv[2]})",
-        f"  memory     {memory.description}",
-    ]
-    if memory.cpu:
-        lines.append(f"  KV space  {_gib(est.budget - est.weights - est.overhead)}  "
-                     f"gpu-memory-utilization {plan.gpu_memory_utilization} x one NUMA node")
-    else:
-        lines.append(f"  budget    {_gib(est.budget)}  gpu-memory-utilization "
-                     f"{plan.gpu_memory_utilization} x {min(plan.parallel, memory.devices)} GPU(s)"
-                     + (f", {UNIFIED_OS_RESERVE // GiB} GiB kept for the OS" if memory.unified else ""))
-    if est.free_needed is not None:
-        spare = (est.free_available or 0) - est.free_needed
-        lines += [
-            f"  at start  {_gib(est.free_needed)}  must be free: gpu-memory-utilization "
-            f"{plan.gpu_memory_utilization:g} x {memory.per_device / GiB:.2f} GiB total "
-            f"(vLLM's start-up check)",
-            f"  available {_gib(est.free_available or 0)}  ({memory.available_source})",
-        ]
-        highest = max_free_utilization(memory)
-        if est.free_ok:
-            lines.append(f"  free check: ok ({spare / GiB:.1f} GiB to spare)")
-        elif highest is None:
-            lines.append("  free check: fails: too little memory is free for any "
-                         "--gpu-memory-utilization; stop what uses it (free -g)")
-        else:
-            lines.append(f"  free check: fails: lower --gpu-memory-utilization to {highest:.2f} "
-                         f"or less (available/total - {FREE_MARGIN:g})")
-    lines += [
-        f"  weights   {_gib(est.weights)}  ({shape.weights_source})",
-        f"  overhead  {_gib(est.overhead)}  ("
-        + ("the engine process" if memory.cpu else "activations, CUDA graphs, context")
-        + ": a margin, not a measurement)",
-        f"  KV cache  {_gib(est.kv_all)}  {plan.max_num_seqs} sequences x {plan.max_model_len} "
-        f"tokens, {per_token / 1024:.1f} KiB/token ({plan.kv_dtype})",
-        f"            {_gib(est.kv_one)}  one sequence at full context (the minimum to start)",
-        f"  total     {_gib(est.weights + est.overhead + est.kv_all)}",
-        f"  architecture: {shape.source}",
-    ]
-    if not est.starts:
-        changes = suggestions(shape, plan, memory)
-        if not est.free_ok and not changes and max_free_utilization(memory) is not None:
-            lower = Plan(**{**plan.__dict__,
-                            "gpu_memory_utilization": max_free_utilization(memory)})
-            then = estimate(shape, lower, memory)
-            est.problems.append(f"at --gpu-memory-utilization {lower.gpu_memory_utilization:.2f} "
-                                f"weights + overhead + one full sequence need "
-                                f"{(then.weights + then.overhead + then.kv_one) / GiB:.2f} GiB, "
-                                f"the budget is {then.budget / GiB:.2f} GiB")
-        why = est.problems or [f"weights + overhead + one full sequence need "
-                               f"{(est.weights + est.overhead + est.kv_one) / GiB:.2f} GiB, "
-                               f"the budget is {est.budget / GiB:.2f} GiB"]
-        lines.append(f"verdict: does not fit: {'; '.join(why)}")
-        if changes:
-            lines.append("  fits with one of these changes: " + "; ".join(changes))
-        return Verdict(False, lines)
-    if est.kv_all <= est.kv_room:
-        lines.append(f"verdict: fits ({_gib(est.kv_room - est.kv_all).strip()} to spare)")
-    else:
-        lines.append(f"verdict: fits; the KV cache holds {est.full_sequences} of "
-                     f"{plan.max_num_seqs} sequences at full context (vLLM queues the rest; "
-                     f"shorter prompts share the space)")
-    return Verdict(True, lines)
+    verdict = Verdict(resolved.name, resolved.hf_model, shape, plan, memory, est, est.starts)
+    if verdict.fits:
+        return verdict
+    verdict.changes = suggestions(shape, plan, memory)
+    verdict.reasons = list(est.problems)
+    highest = max_free_utilization(memory)
+    if not est.free_ok and not verdict.changes and highest is not None:
+        lower = Plan(**{**plan.__dict__, "gpu_memory_utilization": highest})
+        then = estimate(shape, lower, memory)
+        verdict.reasons.append(f"at --gpu-memory-utilization {lower.gpu_memory_utilization:.2f} "
+                               f"weights + overhead + one full sequence need "
+                               f"{(then.weights + then.overhead + then.kv_one) / GiB:.2f} GiB, "
+                               f"the budget is {then.budget / GiB:.2f} GiB")
+    if not verdict.reasons:
+        verdict.reasons = [f"weights + overhead + one full sequence need "
+                           f"{(est.weights + est.overhead + est.kv_one) / GiB:.2f} GiB, "
+                           f"the budget is {est.budget / GiB:.2f} GiB"]
+    return verdict
 
 
 def preflight(resolved: Resolved, force: bool, weights: Optional[Path] = None,

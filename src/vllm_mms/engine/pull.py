@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 
 from ..config.resolve import Project, resolve
 from ..errors import UserError
+from ..stack.compose import ENGINE_SERVICE
 
 Downloader = Callable[..., str]
 
@@ -37,7 +38,7 @@ def _snapshot_download() -> Downloader:
     except ImportError:  # the tools environment always has it; a bare interpreter may not
         raise UserError("huggingface_hub is not installed in this Python: run through "
                         "./runMe.sh, or download inside the engine image: docker compose run "
-                        "--rm --entrypoint hf vllm-node download REPO_ID") from None
+                        f"--rm --entrypoint hf {ENGINE_SERVICE} download REPO_ID") from None
     return snapshot_download
 
 

@@ -6,7 +6,6 @@ import secrets as pysecrets
 from pathlib import Path
 from typing import Optional
 
-from ..config import schema
 from ..config.resolve import SERVED_MODEL_NAME, Resolved
 
 # Flags we always set ourselves; any value already in the catalog line is replaced.
@@ -43,7 +42,7 @@ def engine_argv(resolved: Resolved, *, host: str, port: int, cpu_python: Optiona
     """`cpu_python` set: run vLLM's API server module with that interpreter (the CPU build's
     `vllm` console script is broken). `weights` set: serve that local checkpoint.
     `sharing` replicas on the same device(s): each gets that share of the memory."""
-    argv = schema.parse_command(resolved.model.command)
+    argv = resolved.argv
     model_id = str(weights) if weights is not None else argv[2]
     rest = strip_flags(argv[3:], DYNAMIC_FLAGS)
     if sharing > 1:
@@ -58,8 +57,8 @@ def engine_argv(resolved: Resolved, *, host: str, port: int, cpu_python: Optiona
 def shared_utilization(resolved: Resolved, sharing: int) -> float:
     """Each of `sharing` replicas on one device gets this --gpu-memory-utilization: the
     model's share split, rounded down (the shares never add up to more than the whole)."""
-    argv = schema.parse_command(resolved.model.command)
-    utilization = float(flag_value(argv, "--gpu-memory-utilization") or DEFAULT_UTILIZATION)
+    utilization = float(flag_value(resolved.argv, "--gpu-memory-utilization")
+                        or DEFAULT_UTILIZATION)
     return int(utilization / sharing * 1000 + 1e-9) / 1000
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .. import paths
+from .. import environment, paths
 from ..config.resolve import SERVED_MODEL_NAME, Project, global_settings
 from ..errors import UserError
 
@@ -45,8 +45,9 @@ class Target:
 # ----------------------------------------------------------------------------- discovery
 
 def proxy_url(project: Project) -> str:
-    if os.environ.get("MMS_PROXY_URL"):
-        return os.environ["MMS_PROXY_URL"].rstrip("/").removesuffix("/v1")
+    url = environment.get("MMS_PROXY_URL")
+    if url:
+        return url.rstrip("/").removesuffix("/v1")
     from ..stack.state import Stack
 
     stack = Stack.load()
@@ -56,7 +57,7 @@ def proxy_url(project: Project) -> str:
 
 def discover(project: Project, model: Optional[str] = None) -> Target:
     base = proxy_url(project)
-    key = os.environ.get("MMS_PROXY_KEY") or global_settings(project).LITELLM_MASTER_KEY
+    key = environment.get("MMS_PROXY_KEY") or global_settings(project).LITELLM_MASTER_KEY
     request = urllib.request.Request(f"{base}/v1/models",
                                      headers={"Authorization": f"Bearer {key}"})
     try:
@@ -73,7 +74,7 @@ def discover(project: Project, model: Optional[str] = None) -> Target:
     entries = {m["id"]: m for m in listed if "id" in m}
     if not entries:
         raise UserError(f"the proxy at {base} lists no models")
-    wanted = model or os.environ.get("MMS_LAUNCH_MODEL") or _running_model(entries)
+    wanted = model or environment.get("MMS_LAUNCH_MODEL") or _running_model(entries)
     if wanted not in entries:
         raise UserError(f"the proxy does not serve {wanted!r}; it serves: {', '.join(entries)}")
     entry = entries[wanted]
@@ -87,8 +88,9 @@ def _running_model(entries: dict[str, dict]) -> str:
     stack = Stack.load()
     if stack and stack.model in entries:
         return stack.model
-    if os.environ.get("MODEL") in entries:
-        return os.environ["MODEL"]
+    started = environment.get("MODEL")
+    if started in entries:
+        return started
     # The catalog name comes first in the rendered config; vllm_agent is its alias.
     return next((name for name in entries if name != SERVED_MODEL_NAME), SERVED_MODEL_NAME)
 

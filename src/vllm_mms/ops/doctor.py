@@ -16,10 +16,12 @@ from typing import Callable, Optional
 
 import yaml
 
+from .. import environment, paths
 from ..config import schema
 from ..config.resolve import Project, global_settings, resolve
 from ..errors import UserError
 from ..stack.processes import alive, http_ok
+from ..stack.render import CONFIG_FILE
 from ..stack.state import Stack
 
 
@@ -123,8 +125,7 @@ def check_local_stack() -> list[Check]:
                                 f"see {stack.log_dir}/{label}.log"))
         else:
             checks.append(Check("ok", label, f"healthy at {url.rsplit('/', 1)[0]}"))
-    generated = Path(stack.log_dir).parent / "generated_configs" / "config.yaml"
-    checks.append(_check_generated(generated))
+    checks.append(_check_generated(paths.generated_dir() / CONFIG_FILE))
     return checks
 
 
@@ -144,7 +145,7 @@ def check_disk(project: Project) -> Check:
     cache = Path(os.environ.get("HF_CACHE_DIR") or Path.home() / ".cache" / "huggingface")
     probe = cache if cache.exists() else Path.home()
     free_gb = shutil.disk_usage(probe).free / 1e9
-    model = os.environ.get("MODEL")
+    model = environment.get("MODEL")
     need = _weights_gb(project, model) if model else None
     if need is None:
         return Check("ok", "disk", f"{free_gb:.0f} GB free for {probe}")
@@ -161,16 +162,15 @@ def check_fit(project: Project, local_mode: bool) -> Check:
 
     if local_mode and Stack.load() is not None:
         return Check("ok", "memory fit", "a local stack is running (./runMe.sh fit NAME checks another)")
-    name = os.environ.get("MODEL") or ("smollm2-135m-cpu" if local_mode else "glm47-flash")
+    name = environment.get("MODEL") or (environment.DEFAULT_LOCAL_MODEL if local_mode
+                                        else environment.DEFAULT_COMPOSE_MODEL)
     try:
         verdict = fit.check(resolve(project, name))
     except UserError as exc:
         return Check("warn", "memory fit", f"{name}: not checked ({exc.message.splitlines()[0]})")
-    summary = verdict.lines[-1] if verdict.fits else next(
-        line for line in verdict.lines if line.startswith("verdict:"))
     if verdict.fits:
-        return Check("ok", "memory fit", f"{name}: {summary.removeprefix('verdict: ')}")
-    return Check("fail", "memory fit", f"{name}: {summary.removeprefix('verdict: ')}",
+        return Check("ok", "memory fit", f"{name}: {verdict.summary}")
+    return Check("fail", "memory fit", f"{name}: {verdict.summary}",
                  f"./runMe.sh fit {name} shows the numbers and the changes that would fit")
 
 
@@ -217,7 +217,14 @@ def check_redis(project: Project) -> Optional[Check]:
 def check_compose(compose: list[str]) -> list[Check]:
     """Services' state and health, the rendered config inside the engine, and the network
     from the proxy container to the engine."""
-    from ..stack.compose import SERVICE_ORDER, containers
+    from ..stack.compose import (
+        ENGINE_CONTAINER,
+        ENGINE_SERVICE,
+        PROXY_CONTAINER,
+        SERVICE_ORDER,
+        SERVICES,
+        containers,
+    )
 
     found = {c.service: c for c in containers(compose)}
     if not found:
@@ -226,23 +233,25 @@ def check_compose(compose: list[str]) -> list[Check]:
     checks = []
     for service in (*SERVICE_ORDER, *sorted(set(found) - set(SERVICE_ORDER))):
         c = found.get(service)
-        logs = {"litellm": "./runMe.sh logs proxy", "litellm_db": "./runMe.sh logs db"}
+        logs = {compose_name: f"./runMe.sh logs {name}" for name, compose_name in SERVICES.items()}
         hint = ("the engine loads for minutes after start; watch ./runMe.sh logs engine"
-                if service.startswith("vllm-node") else logs.get(service, f"docker logs {service}"))
+                if service.startswith(ENGINE_SERVICE) else logs.get(service, f"docker logs {service}"))
         shown = "missing" if c is None else c.state + (f" ({c.health})" if c.health else "")
         checks.append(Check("ok" if c is not None and c.good else "fail", f"service {service}",
                             shown, hint))
-    rendered = _docker("exec", "vllm-container", "test", "-s", "/app/generated_configs/config.yaml")
+    rendered = _docker("exec", ENGINE_CONTAINER, "test", "-s",
+                       str(paths.CONTAINER_GENERATED_DIR / CONFIG_FILE))
     checks.append(Check("ok", "generated config", "present in the engine container")
                   if rendered and rendered.returncode == 0 else
                   Check("fail", "generated config", "missing in the engine container",
                         "./runMe.sh render NAME shows the error without Docker"))
-    network = _docker("exec", "litellm-container", "python3", "-c",
+    engine = f"{ENGINE_SERVICE}:8000"  # the engine's port inside the compose network
+    network = _docker("exec", PROXY_CONTAINER, "python3", "-c",
                       "import urllib.request; urllib.request.urlopen("
-                      "'http://vllm-node:8000/health', timeout=5)")
-    checks.append(Check("ok", "proxy → engine", "http://vllm-node:8000/health answers")
+                      f"'http://{engine}/health', timeout=5)")
+    checks.append(Check("ok", "proxy → engine", f"http://{engine}/health answers")
                   if network and network.returncode == 0 else
-                  Check("fail", "proxy → engine", "the proxy container cannot reach vllm-node:8000",
+                  Check("fail", "proxy → engine", f"the proxy container cannot reach {engine}",
                         "both services must be on the compose network; docker compose up -d"))
     return checks
 

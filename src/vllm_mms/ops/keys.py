@@ -19,8 +19,10 @@ import time
 from collections import defaultdict
 from typing import Any, Optional
 
+from .. import environment
 from ..errors import UserError
 from ..proxy.store import Store
+from ..stack.compose import PROXY_CONTAINER
 
 KEY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SINCE_RE = re.compile(r"^(\d+)([mhd])$")
@@ -64,9 +66,10 @@ def in_compose() -> bool:
     """The compose stack runs and nothing points us at a database of our own."""
     from ..stack.state import Stack
 
-    if os.environ.get("MMS_DATABASE_URL") or Stack.load() is not None or not shutil.which("docker"):
+    if (environment.is_set("MMS_DATABASE_URL") or Stack.load() is not None
+            or not shutil.which("docker")):
         return False
-    probe = subprocess.run(["docker", "ps", "--filter", "name=litellm-container", "-q"],
+    probe = subprocess.run(["docker", "ps", "--filter", f"name={PROXY_CONTAINER}", "-q"],
                            capture_output=True, text=True)
     return probe.returncode == 0 and bool(probe.stdout.strip())
 
@@ -79,7 +82,7 @@ def main(argv: list[str]) -> int:
                         "[--max-parallel N] [--tokens-per-day N] [--models a,b] | keys list | "
                         "keys revoke NAME | usage [--since 1d] [--by key|model|day]", 2) from None
     if in_compose():
-        cmd = ["docker", "exec", "-i", "litellm-container", "python3", "-m", "vllm_mms", *argv]
+        cmd = ["docker", "exec", "-i", PROXY_CONTAINER, "python3", "-m", "vllm_mms", *argv]
         os.execvp(cmd[0], cmd)
     for value, flag in ((getattr(args, "rpm", None), "--rpm"), (getattr(args, "tpm", None), "--tpm"),
                         (getattr(args, "max_parallel", None), "--max-parallel"),

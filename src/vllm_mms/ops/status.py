@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from ..errors import UserError
+from ..stack.compose import ENGINE_SERVICE, PROXY_SERVICE, SERVICES
 from ..stack.processes import alive, http_ok
 from ..stack.state import Stack
 
@@ -25,7 +26,6 @@ ENGINE_METRICS = {
     "vllm:num_requests_waiting": "requests waiting",
     "vllm:kv_cache_usage_perc": "KV-cache use",
 }
-SERVICES = {"engine": "vllm-node", "proxy": "litellm", "db": "litellm_db"}
 
 
 def engine_metrics(port: int, names: Iterable[str] = ENGINE_METRICS) -> Optional[dict[str, float]]:
@@ -143,7 +143,7 @@ def compose_status_lines(compose: list[str]) -> list[str]:
     found = containers(compose)
     if not found:
         return []
-    engine = next((c for c in found if c.service == "vllm-node"), None)
+    engine = next((c for c in found if c.service == ENGINE_SERVICE), None)
     model = (container_env(engine.name) or {}).get("MODEL", "?") if engine else "?"
     lines = ["mode:     compose", f"model:    {model}"]
     for c in found:
@@ -153,18 +153,18 @@ def compose_status_lines(compose: list[str]) -> list[str]:
                      f"container {c.name}{up}")
     load: dict[str, float] = {}
     for c in found:
-        if c.service.startswith("vllm-node") and c.good:
+        if c.service.startswith(ENGINE_SERVICE) and c.good:
             text = _docker_exec(c.name, "import urllib.request; print(urllib.request.urlopen("
                                 "'http://127.0.0.1:8000/metrics', timeout=5).read().decode())")
             for metric, value in parse_metrics(text or "").items():
                 load[metric] = load.get(metric, 0.0) + value
-    engines = sum(1 for c in found if c.service.startswith("vllm-node")) or 1
+    engines = sum(1 for c in found if c.service.startswith(ENGINE_SERVICE)) or 1
     for name, label in ENGINE_METRICS.items():
         if name in load:
             value = load[name] / engines if name.endswith("_perc") else load[name]
             shown = f"{value * 100:.1f}%" if name.endswith("_perc") else f"{value:.0f}"
             lines.append(f"{label + ':':<18}{shown}")
-    proxy = next((c for c in found if c.service == "litellm" and c.state == "running"), None)
+    proxy = next((c for c in found if c.service == PROXY_SERVICE and c.state == "running"), None)
     recent = _docker_exec(proxy.name, "from vllm_mms.ops.status import recent_requests; "
                           "print(recent_requests())") if proxy else None
     recent = (recent or "").strip()

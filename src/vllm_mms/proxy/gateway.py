@@ -21,6 +21,7 @@ import os
 import re
 from typing import Any, Awaitable, Callable
 
+from .. import environment
 from .store import same_key
 
 Scope = dict[str, Any]
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     uvicorn.run("vllm_mms.proxy.gateway:build_app", factory=True, host=args.host, port=args.port,
-                server_header=False, log_level=os.environ.get("MMS_PROXY_LOG_LEVEL", "info"))
+                server_header=False, log_level=environment.get("MMS_PROXY_LOG_LEVEL"))
 
 
 if __name__ == "__main__":

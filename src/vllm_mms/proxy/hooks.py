@@ -35,6 +35,7 @@ from litellm.proxy._types import (
     UserAPIKeyAuth,
 )
 
+from .. import environment
 from .store import ApiKey, Store, hash_key, same_key
 from .usage_queue import UsageQueue, row_from_logging
 
@@ -52,7 +53,7 @@ class _ModelSettings:
 
     @property
     def path(self) -> Path:
-        return Path(os.environ.get("MMS_MODELS_FILE", "/app/generated_configs/models.yml"))
+        return environment.get("MMS_MODELS_FILE")
 
     def get(self) -> dict[str, Any]:
         try:
@@ -127,7 +128,7 @@ class _KeyCache:
 
     @property
     def ttl(self) -> float:
-        return float(os.environ.get("MMS_KEY_CACHE_SECONDS", "10"))
+        return environment.get("MMS_KEY_CACHE_SECONDS")
 
     async def lookup(self, key: str) -> tuple[Optional[ApiKey], int]:
         digest = hash_key(key)
@@ -161,7 +162,7 @@ KEYS = _KeyCache()
 
 
 def usage_enabled() -> bool:
-    return os.environ.get("MMS_USAGE", "on").lower() not in ("off", "0", "false", "no")
+    return environment.get("MMS_USAGE")
 
 
 async def custom_auth(request: Request, api_key: str) -> UserAPIKeyAuth:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .. import paths
+from .. import environment
 from ..errors import UserError
 
 SCHEMA_VERSION = 1
@@ -80,7 +79,7 @@ def migrate_now(url: Optional[str] = None) -> str:
 
 
 def default_url() -> str:
-    return os.environ.get("MMS_DATABASE_URL") or f"sqlite:///{paths.state_dir() / 'usage.db'}"
+    return environment.get("MMS_DATABASE_URL")
 
 
 @dataclass

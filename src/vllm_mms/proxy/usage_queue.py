@@ -14,6 +14,7 @@ import os
 import time
 from typing import Any, Callable, Optional
 
+from .. import environment
 from .store import Store
 
 try:  # inside the proxy, log where LiteLLM logs
@@ -42,8 +43,8 @@ class UsageQueue:
     @classmethod
     def from_environment(cls, store_factory: Callable[[], Store]) -> "UsageQueue":
         return cls(store_factory,
-                   max_rows=int(os.environ.get("MMS_USAGE_QUEUE_ROWS", "10000")),
-                   interval=float(os.environ.get("MMS_USAGE_FLUSH_SECONDS", "1")),
+                   max_rows=environment.get("MMS_USAGE_QUEUE_ROWS"),
+                   interval=environment.get("MMS_USAGE_FLUSH_SECONDS"),
                    retention_days=float(os.environ.get("USAGE_RETENTION_DAYS", "90")))
 
     def add(self, row: dict[str, Any]) -> None:

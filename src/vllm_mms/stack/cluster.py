@@ -21,16 +21,16 @@ from typing import Optional, Sequence
 
 import yaml
 
-from .. import paths
+from .. import environment, paths
 from ..config.resolve import Project, Resolved, resolve
 from ..engine import fit, serve
 from ..errors import UserError
 from ..progress import SYSTEM_CLOCK, Clock, wait_until
+from .compose import ENGINE_SERVICE, WORKER_SERVICE
 
 CLUSTER_COMPOSE = "docker-compose.cluster.yml"
-WORKER_SERVICE = "ray-worker"
-HEAD_SERVICE = "vllm-node"
-INFINIBAND = "/dev/infiniband"
+HEAD_SERVICE = ENGINE_SERVICE  # the Ray head serves in the engine service
+INFINIBAND = environment.variable("MMS_INFINIBAND_DEVICE").default
 INFINIBAND_COMPOSE = "compose.infiniband.yml"  # in the state directory, only when it exists
 # Defaults for both Ray roles (and vLLM's own Ray driver on the head). A value in the
 # container's environment or in vars.env wins over these.
@@ -153,8 +153,8 @@ def head_entrypoint(resolved: Resolved, key: str) -> None:
                         f"{host_ip(resolved)} (CLUSTER_RAY_PORT)?")
     tensor, pipeline = parallel_sizes(resolved)
     wait_for_nodes("python3", address, resolved.settings.CLUSTER_NODES, tensor * pipeline,
-                   float(os.environ.get("MMS_CLUSTER_TIMEOUT", "1800")))
-    argv = cluster_engine_argv(resolved, int(os.environ.get("MMS_ENGINE_PORT", "8000")))
+                   environment.get("MMS_CLUSTER_TIMEOUT"))
+    argv = cluster_engine_argv(resolved, environment.get("MMS_ENGINE_PORT"))
     env["RAY_ADDRESS"] = address  # vLLM joins this cluster instead of starting its own
     print(f"[cluster] exec {json.dumps(argv)}", flush=True)
     os.execvpe(argv[0], argv, env)
@@ -207,7 +207,7 @@ def up(project: Project, role: str, name: str, detach: bool, build: bool, force:
     setting is reported before a missing Docker).
     `infiniband`: the RDMA device directory to pass through when present (tests point
     MMS_INFINIBAND_DEVICE elsewhere)."""
-    infiniband = infiniband or os.environ.get("MMS_INFINIBAND_DEVICE", INFINIBAND)
+    infiniband = infiniband or environment.get("MMS_INFINIBAND_DEVICE")
     resolved = resolve(project, name)
     host_ip(resolved)
     if role == "head":

@@ -15,11 +15,23 @@ from typing import Optional
 
 from ..config.resolve import Resolved
 from ..errors import UserError
+from ..paths import GENERATED_CONFIGS
 
 BASE_FILE = "docker-compose.yml"
 GPU_FILE = "docker-compose.gpu.yml"   # GPU reservation + pinned memory
 CPU_FILE = "docker-compose.cpu.yml"   # CPU engine image + the prepared checkpoint
-SERVICE_ORDER = ("vllm-node", "litellm", "litellm_db")
+# The services, containers and volume the compose files define, named here once for the code
+# (tests/test_static.py checks them against the files).
+ENGINE_SERVICE = "vllm-node"          # engine replica k (--replicas) is service vllm-node-k
+ENGINE_CONTAINER = "vllm-container"
+PROXY_SERVICE = "litellm"
+PROXY_CONTAINER = "litellm-container"
+DB_SERVICE = "litellm_db"
+WORKER_SERVICE = "ray-worker"         # docker-compose.cluster.yml: a Ray worker node
+GENERATED_VOLUME = GENERATED_CONFIGS  # mounted at paths.CONTAINER_GENERATED_DIR
+# `./runMe.sh logs NAME` → service, in the order the stack is shown.
+SERVICES = {"engine": ENGINE_SERVICE, "proxy": PROXY_SERVICE, "db": DB_SERVICE}
+SERVICE_ORDER = tuple(SERVICES.values())
 
 
 def compose_command() -> list[str]:
@@ -101,7 +113,7 @@ def parse_inspect(text: str) -> list[Container]:
     rank = {name: i for i, name in enumerate(SERVICE_ORDER)}
 
     def order(c: Container) -> tuple[int, str]:  # replicas vllm-node-K sort with vllm-node
-        base = "vllm-node" if c.service.startswith("vllm-node") else c.service
+        base = ENGINE_SERVICE if c.service.startswith(ENGINE_SERVICE) else c.service
         return rank.get(base, len(rank)), c.service
 
     return sorted(out, key=order)
@@ -148,7 +160,7 @@ def remove_generated_volume(project_name: str) -> None:
     and this one holds nothing worth keeping."""
     found = subprocess.run(
         ["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={project_name}",
-         "--filter", "label=com.docker.compose.volume=generated_configs"],
+         "--filter", f"label=com.docker.compose.volume={GENERATED_VOLUME}"],
         capture_output=True, text=True)
     for volume in found.stdout.split():
         subprocess.run(["docker", "volume", "rm", volume], capture_output=True)

@@ -16,19 +16,21 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
+from .. import environment
 from ..config.resolve import SERVED_MODEL_NAME, Project, Resolved, resolve
 from ..engine import serve
 from ..errors import UserError
 from ..progress import SYSTEM_CLOCK, Clock, wait_until
 from . import cluster, replicas
+from .compose import ENGINE_SERVICE
 from .render import CONFIG_FILE, MODELS_FILE, compose_api_bases, render
 
-GENERATED_DIR = Path(os.environ.get("MMS_GENERATED_DIR", "/app/generated_configs"))
+GENERATED_DIR = environment.get("MMS_GENERATED_DIR")
 ENGINE_KEY_FILE = ".engine_api_key"  # on the tmpfs volume only: gone when the stack stops
 
 
 def _model_name() -> str:
-    name = os.environ.get("MODEL", "")
+    name = environment.get("MODEL")
     if not name:
         raise UserError("MODEL is not set for the container (./runMe.sh sets it)")
     return name
@@ -39,7 +41,7 @@ def engine_entrypoint(project: Project) -> None:
     role = os.environ.get("CLUSTER_ROLE", "")
     if role == "worker":  # a Ray worker node (./runMe.sh cluster worker): no config, no key
         cluster.worker_entrypoint(resolved)
-    replica = int(os.environ.get("MMS_REPLICA", "1"))
+    replica = environment.get("MMS_REPLICA")
     key_path = GENERATED_DIR / ENGINE_KEY_FILE
     if replica == 1:
         written = render(project, resolved, GENERATED_DIR,
@@ -59,7 +61,7 @@ def engine_entrypoint(project: Project) -> None:
               flush=True)
     if role == "head":  # the Ray head node (./runMe.sh cluster head) serves for the cluster
         cluster.head_entrypoint(resolved, key)
-    port = int(os.environ.get("MMS_ENGINE_PORT", "8000"))
+    port = environment.get("MMS_ENGINE_PORT")
     argv = serve.engine_argv(resolved, host="0.0.0.0", port=port,
                               sharing=replicas.sharing(resolved), weights=served_weights(resolved))
     env = serve.engine_environment(resolved, key, dict(os.environ))
@@ -72,7 +74,7 @@ def served_weights(resolved: Resolved) -> Optional[Path]:
     docker-compose.cpu.yml at MMS_SERVE_WEIGHTS (there is no hub to fetch it from)."""
     if not resolved.model.local_weights:
         return None
-    mounted = os.environ.get("MMS_SERVE_WEIGHTS", "")
+    mounted = environment.get("MMS_SERVE_WEIGHTS")
     if not mounted or not (Path(mounted) / "config.json").is_file():
         raise UserError(f"{resolved.name} serves a prepared checkpoint, and none is mounted at "
                         f"{mounted or 'MMS_SERVE_WEIGHTS'}: start it with ./runMe.sh "
@@ -88,7 +90,7 @@ def wait_for_key(key_path: Path, deadline_s: float = 120, clock: Clock = SYSTEM_
     if not wait_until(written, deadline_s, f"[entrypoint] waiting for {key_path} from replica 1",
                       clock=clock):
         raise UserError(f"{key_path} did not appear within {deadline_s:.0f}s: replica 1 "
-                        f"(the vllm-node service) has not started")
+                        f"(the {ENGINE_SERVICE} service) has not started")
     return key_path.read_text().strip()
 
 
@@ -142,7 +144,7 @@ def proxy_environment(resolved: Resolved, engine_key: str, models_file: Path) ->
 
 def healthcheck() -> int:
     """Healthy = the config was rendered and the engine lists the served model."""
-    port = int(os.environ.get("MMS_ENGINE_PORT", "8000"))
+    port = environment.get("MMS_ENGINE_PORT")
     config_path = GENERATED_DIR / CONFIG_FILE
     key_path = GENERATED_DIR / ENGINE_KEY_FILE
     if not config_path.is_file() or not key_path.is_file():

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .. import bootstrap, paths
+from .. import bootstrap, environment, paths
 from ..config import schema
 from ..config.resolve import Project, Resolved, resolve
 from ..engine import fit, serve
@@ -129,7 +129,7 @@ def start_local(project: Project, name: str, detach: bool, force: bool = False) 
     state = paths.state_dir()
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    generated = state / "generated_configs"
+    generated = paths.generated_dir()
     # Replica 1 on VLLM_PORT, the others on free ports.
     engine_ports = [settings.VLLM_PORT, *(free_port() for _ in range(resolved.replicas - 1))]
     render(project, resolved, generated,
@@ -138,7 +138,7 @@ def start_local(project: Project, name: str, detach: bool, force: bool = False) 
     stack, procs = start_processes(resolved, engine_python, weights, generated, logs,
                                    engine_ports)
     try:
-        wait_healthy(stack, procs, float(os.environ.get("MMS_START_TIMEOUT", "600")))
+        wait_healthy(stack, procs, environment.start_timeout())
     except BaseException:
         terminate(stack.pids)
         Stack.remove()
@@ -243,7 +243,7 @@ def restart(stack: Stack, dead: Service, project: Project) -> None:
     with open(logs / f"{dead.name}.log", "a") as handle:
         handle.write(f"=== supervisor: the {dead.name} exited; restarting it ===\n")
     if dead.role == "proxy":
-        proc = proxy_process(resolved, logs.parent / "generated_configs", key, logs, dead.port)
+        proc = proxy_process(resolved, paths.generated_dir(), key, logs, dead.port)
     else:
         from ..engine.prepare_model import weights_dir
 
@@ -265,7 +265,7 @@ def supervise(stack: Stack, project: Optional[Project] = None, foreground: bool 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     if project is None:
-        project = Project(Path(os.environ.get("MMS_PROJECT_DIR") or paths.ROOT))
+        project = Project(paths.project_dir())
     if foreground:
         print("serving in the foreground (a service that dies is restarted); Ctrl-C stops "
               "everything", flush=True)

@@ -12,8 +12,9 @@ import yaml
 from ..config import schema
 from ..config.resolve import SERVED_MODEL_NAME, Project, Resolved
 from ..errors import UserError
+from .compose import ENGINE_SERVICE
 
-COMPOSE_API_BASE = "http://vllm-node:8000/v1"
+COMPOSE_API_BASE = f"http://{ENGINE_SERVICE}:8000/v1"
 MODELS_FILE = "models.yml"
 CONFIG_FILE = "config.yaml"
 ApiBases = Union[str, Sequence[str]]  # one engine, or one base URL per replica
@@ -21,7 +22,8 @@ ApiBases = Union[str, Sequence[str]]  # one engine, or one base URL per replica
 
 def compose_api_bases(replicas: int) -> list[str]:
     """Replica 1 is the `vllm-node` service, replica k the `vllm-node-k` service."""
-    return [COMPOSE_API_BASE] + [f"http://vllm-node-{k}:8000/v1" for k in range(2, replicas + 1)]
+    return [COMPOSE_API_BASE] + [f"http://{ENGINE_SERVICE}-{k}:8000/v1"
+                                 for k in range(2, replicas + 1)]
 
 
 def _bases(api_base: ApiBases) -> list[str]:

@@ -17,13 +17,10 @@ from typing import Any, Optional
 
 import yaml
 
-from ..config import schema
 from ..config.resolve import Resolved
 from ..engine import serve
 from ..errors import UserError
-
-ENGINE_SERVICE = "vllm-node"
-ENGINE_CONTAINER = "vllm-container"
+from .compose import ENGINE_CONTAINER, ENGINE_SERVICE
 
 
 def gpu_groups(resolved: Resolved) -> Optional[list[str]]:
@@ -36,7 +33,7 @@ def gpu_groups(resolved: Resolved) -> Optional[list[str]]:
         raise UserError(f"REPLICA_GPUS={spec!r} names {len(groups)} GPU group(s) for "
                         f"{resolved.replicas} replica(s); give one group per replica, e.g. "
                         f"REPLICA_GPUS=\"{' '.join(str(i) for i in range(resolved.replicas))}\"")
-    per_engine = serve.gpu_count(schema.parse_command(resolved.model.command))
+    per_engine = serve.gpu_count(resolved.argv)
     for group in groups:
         if len(group.split(",")) != per_engine:
             raise UserError(f"REPLICA_GPUS={spec!r}: group {group!r} has "

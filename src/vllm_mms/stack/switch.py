@@ -22,18 +22,16 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from .. import bootstrap
+from .. import bootstrap, environment, paths
 from ..config.resolve import Project, Resolved, resolve
 from ..engine import fit
 from ..errors import UserError
 from ..progress import SYSTEM_CLOCK, Clock, wait_until
 from . import local
+from .compose import ENGINE_CONTAINER, ENGINE_SERVICE
 from .processes import alive, free_port, http_ok, process_env, tail, terminate
 from .render import render
 from .state import Stack
-
-ENGINE_SERVICE = "vllm-node"
-ENGINE_CONTAINER = "vllm-container"
 
 
 def switch(project: Project, name: str, force: bool, compose: list[str]) -> int:
@@ -165,11 +163,11 @@ def switch_local(project: Project, stack: Stack, name: str, force: bool) -> int:
     # leave the new engine running on its own.
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     proc = local.engine_process(new, engine_python, weights, key, logs, port)
-    generated = logs.parent / "generated_configs"
+    generated = paths.generated_dir()
     rendered = False
     try:
         wait_engine(proc, port, logs / "engine.log",
-                    float(os.environ.get("MMS_START_TIMEOUT", "600")))
+                    environment.start_timeout())
         render(project, new, generated, api_base=f"http://127.0.0.1:{port}/v1")
         rendered = True
         if not proxy_serves(stack, new.settings.LITELLM_MASTER_KEY, new.model_names, 30):
@@ -273,7 +271,7 @@ def switch_compose(project: Project, compose: list[str], name: str, force: bool)
                         f"while {name} is {kinds[is_cpu_model(new)]}: ./runMe.sh down && "
                         f"./runMe.sh {name} -d --build")
     fit.preflight(new, force)
-    deadline = float(os.environ.get("MMS_START_TIMEOUT", "1800"))
+    deadline = environment.start_timeout(compose=True)
     recreate_engine(project, new)
     why = wait_container_healthy(deadline)
     if why is None:
