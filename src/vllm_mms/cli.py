@@ -665,7 +665,8 @@ COMMANDS: tuple[Command, ...] = (
                                         FORCE, option("--model", shown="ID")),
             rest="-- CLIENT ARGS", parse="anywhere",
             on_bad_args=refuse("launch needs a client: claude, codex or opencode"),
-            help=("start a coding agent against the running proxy",)),
+            help=("start a coding agent against the running proxy;",
+                  "a missing client is installed first (pinned, npm)")),
     Command("install-clients", cmd_install_clients,
             help=("install the pinned agent CLIs (npm) into the cache",)),
     Command("keys", on_bad_args=explained_usage_line, subcommands=(
