@@ -14,7 +14,7 @@ import yaml
 from vllm_mms import cli
 from vllm_mms.stack import local
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, run_cli, run_runme
 
 
 def documented_options() -> set[str]:
@@ -176,3 +176,33 @@ def test_a_restarted_replica_is_resolved_with_the_stack_s_replica_count(project_
     restarted = local.restart(stack, "engine-2", Project(project_dir))
     assert seen == {"replicas": 2, "port": 8002, "replica": 2}
     assert restarted.replicas == [[4242, 8002]]
+
+
+# ----------------------------------------------------------------------------- ./runMe.sh itself
+
+def test_runme_without_arguments_lists_the_models_and_the_usage(project_dir):
+    """The real chain: shell → bootstrap (the cached tools environment) → CLI."""
+    result = run_runme(project=project_dir)
+    assert (result.code, result.err) == (0, "")
+    assert result.out == run_cli(project=project_dir).out
+    assert result.out.endswith(cli.usage_text())
+
+
+def test_runme_exits_2_on_an_unknown_model(project_dir):
+    result = run_runme("render", "nope", project=project_dir)
+    assert (result.code, result.out) == (2, "")
+    assert result.err.startswith("error: unknown model 'nope'; available: glm47-flash, ")
+
+
+def test_runme_execs_compose_with_the_model_in_its_environment(project_dir, tmp_path):
+    """A real exec (not the tests' stand-in for it): what compose is run with."""
+    record = tmp_path / "record"
+    docker = tmp_path / "docker"
+    docker.write_text(f"#!/bin/sh\ncase \"$1 $2\" in \"compose version\"|\"ps -q\") exit 0;; esac\n"
+                      f"echo \"$MODEL|$*\" > {record}\n")
+    docker.chmod(0o755)
+    result = run_runme("qwen3-next-coder", "-d", project=project_dir,
+                       env={"PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert result.code == 0, result.err
+    files = f"-f {project_dir / 'docker-compose.yml'} -f {project_dir / 'docker-compose.gpu.yml'}"
+    assert record.read_text() == f"qwen3-next-coder|compose {files} up -d\n"
