@@ -107,6 +107,8 @@ def exit_code(exc: SystemExit) -> int:
 
 
 class Output:
+    """The two files the CLI's descriptors 1 and 2 write to, read back as text."""
+
     def __init__(self) -> None:
         self.files = (tempfile.TemporaryFile(), tempfile.TemporaryFile())
 

@@ -449,6 +449,7 @@ def refuse(message: str) -> Callable[["Command", str], NoReturn]:
 
 @dataclass(frozen=True)
 class Command:
+    """One command of ./runMe.sh: what it takes, how the usage shows it, what runs it."""
     name: str
     run: Optional[Callable[[argparse.Namespace], int]] = None
     args: tuple[Arg, ...] = ()
