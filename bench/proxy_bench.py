@@ -34,8 +34,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from vllm_mms import local  # noqa: E402
 from vllm_mms.config.resolve import Project, resolve  # noqa: E402
+from vllm_mms.stack import local  # noqa: E402
 from vllm_mms.stack.render import render  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
@@ -244,14 +244,19 @@ def versions() -> str:
             f"the machine")
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The flags `./runMe.sh bench` documents (a test compares them with its usage)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", choices=("stub", "model", "both"), default="both")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--smoke", action="store_true",
                         help="a short run (stub, concurrency 1 and 8, one round): what CI does")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     if args.smoke:
         args.target, args.concurrency, args.rounds = "stub", "1,8", 1
     levels = [int(c) for c in args.concurrency.split(",")]

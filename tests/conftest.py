@@ -4,10 +4,13 @@ converted model) is shared, resolved before HOME moves."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,16 +62,118 @@ class Result:
     err: str
 
 
-def run_cli(*args: str, project: Path | None = None, env: dict[str, str] | None = None,
-            cwd: Path | None = None) -> Result:
-    """Run the real CLI in a subprocess, as ./runMe.sh does after bootstrapping."""
+def cli_environment(project: Path | None, env: dict[str, str] | None) -> dict[str, str]:
+    """What the CLI sees as its environment: ours without the developer's settings, the
+    project directory, then the test's own variables."""
     full_env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
     full_env["PYTHONPATH"] = str(ROOT / "src")
     if project is not None:
         full_env["MMS_PROJECT_DIR"] = str(project)
     full_env.update(env or {})
-    proc = subprocess.run([sys.executable, "-m", "vllm_mms", *args], capture_output=True,
-                          text=True, env=full_env, cwd=cwd or project or ROOT, timeout=120)
+    return full_env
+
+
+def run_cli(*args: str, project: Path | None = None, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> Result:
+    """Run the CLI's main() in this process, as `python -m vllm_mms` would after ./runMe.sh
+    bootstrapped: with its own environment and working directory (both restored after), its
+    output read from file descriptors 1 and 2 (so what its child processes print is in it
+    too), and an exec (compose up, logs, docker exec) run as a child whose exit code ends it.
+    run_runme() below runs the real ./runMe.sh."""
+    from vllm_mms import cli
+
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    environ = cli_environment(project, env)
+    os.environ.clear()
+    os.environ.update(environ)
+    os.chdir(cwd or project or ROOT)
+    try:
+        with captured_output() as output, exec_as_child():
+            try:
+                code = cli.main(list(args))
+            except SystemExit as exc:  # an exec'd program ended, or a bootstrap check refused
+                code = exit_code(exc)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return Result(code, *output.text())
+
+
+def exit_code(exc: SystemExit) -> int:
+    """The process's exit status for SystemExit(code), as the interpreter computes it."""
+    if exc.code is None or isinstance(exc.code, int):
+        return exc.code or 0
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+class Output:
+    """The two files the CLI's descriptors 1 and 2 write to, read back as text."""
+
+    def __init__(self) -> None:
+        self.files = (tempfile.TemporaryFile(), tempfile.TemporaryFile())
+
+    def text(self) -> tuple[str, str]:
+        texts = []
+        for handle in self.files:
+            handle.seek(0)
+            texts.append(handle.read().decode("utf-8", errors="replace"))
+            handle.close()
+        return texts[0], texts[1]
+
+
+@contextlib.contextmanager
+def captured_output():
+    """Descriptors 1 and 2 and sys.stdout/stderr go to files (pytest's capture is put back
+    after): what the CLI prints, in the order it printed it, its child processes' included."""
+    output = Output()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_fds = os.dup(1), os.dup(2)
+    saved_streams = sys.stdout, sys.stderr
+    try:
+        for fd, handle in zip((1, 2), output.files):
+            os.dup2(handle.fileno(), fd)
+        # Unbuffered text streams on the descriptors, like a pipe that is flushed at once.
+        sys.stdout, sys.stderr = (io.TextIOWrapper(io.FileIO(fd, "w", closefd=False),
+                                                   encoding="utf-8", write_through=True)
+                                  for fd in (1, 2))
+        yield output
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = saved_streams
+        for fd, saved in zip((1, 2), saved_fds):
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+@contextlib.contextmanager
+def exec_as_child():
+    """os.exec* replaces the process; in a test the program runs as a child with the same
+    argv and environment, and its exit code ends the CLI (SystemExit, as the process would)."""
+    def run(file, argv, env=None):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        result = subprocess.run([file, *list(argv)[1:]], env=os.environ if env is None else env)
+        raise SystemExit(result.returncode)
+
+    saved = {name: getattr(os, name) for name in ("execv", "execve", "execvp", "execvpe")}
+    os.execv = os.execvp = lambda file, argv: run(file, argv)
+    os.execve = os.execvpe = run
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(os, name, function)
+
+
+def run_runme(*args: str, project: Path | None = None,
+              env: dict[str, str] | None = None) -> Result:
+    """The real ./runMe.sh in a process of its own: shell → bootstrap → CLI."""
+    proc = subprocess.run([str(ROOT / "runMe.sh"), *args], capture_output=True, text=True,
+                          env=cli_environment(project, env), cwd=project or ROOT, timeout=300)
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 

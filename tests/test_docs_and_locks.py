@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from vllm_mms.cli import readme_with_commands
 from vllm_mms.config.docs import SCHEMA_FILE, configuration_markdown, model_schema
 from vllm_mms.dev.lockcheck import parse_lock, select, targets_for
 
@@ -15,6 +16,23 @@ from .conftest import ROOT, run_cli
 def test_configuration_md_is_current():
     assert (ROOT / "CONFIGURATION.md").read_text() == configuration_markdown(), \
         "CONFIGURATION.md is stale: run ./runMe.sh docs"
+
+
+def test_readme_command_list_is_current():
+    text = (ROOT / "README.md").read_text()
+    assert text == readme_with_commands(text), \
+        "README.md's command list is stale: run ./runMe.sh docs"
+
+
+def test_a_stale_readme_command_list_is_seen_and_docs_rewrites_it(tmp_path):
+    """The check above can fail, and `docs` writes what it wants (in a copy of the project)."""
+    stale = (ROOT / "README.md").read_text().replace("[--tokens-per-day N]", "")
+    assert stale != readme_with_commands(stale)
+    (tmp_path / "README.md").write_text(stale)
+    result = run_cli("docs", project=tmp_path)
+    assert (result.code, result.out, result.err) == (
+        0, "wrote CONFIGURATION.md\nwrote README.md\n", "")
+    assert (tmp_path / "README.md").read_text() == (ROOT / "README.md").read_text()
 
 
 def test_schema_file_is_current():

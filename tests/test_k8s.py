@@ -70,7 +70,7 @@ def test_gpus_follow_tensor_parallel_and_image_can_be_chosen(project_dir):
 
 
 def test_export_usage_errors(project_dir):
-    usage = "error: usage: ./runMe.sh export k8s MODEL [--image IMAGE]\n"
+    usage = "error: usage: ./runMe.sh export k8s NAME [--image IMAGE]\n"
     assert (run_cli("export", project=project_dir).err, run_cli("export", "helm", "x",
             project=project_dir).err) == (usage, usage)
     unknown = run_cli("export", "k8s", "nope", project=project_dir)

@@ -4,14 +4,16 @@ context too small). The clients themselves run in tests/e2e/test_agents.py."""
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 
 import pytest
 
 from vllm_mms.errors import UserError
-from vllm_mms.ops.agents import Target, check_context, client_setup
+from vllm_mms.ops.agents import Target, check_context, client_setup, clients_dir
 
-from .conftest import run_cli
+from .conftest import ROOT, run_cli
 from .e2e.upstream import RecordingUpstream
 
 TARGET = Target(base_url="http://127.0.0.1:4000", key="sk-test", model="qwen3-next-coder",
@@ -94,24 +96,67 @@ def test_small_context_is_refused_unless_forced():
     check_context("codex", TARGET, force=False)
 
 
-def test_launch_without_a_proxy_is_one_clear_line(tmp_path, project_dir):
+def fake_npm(bin_dir: Path, record: Path) -> None:
+    """A stand-in `npm` that records its argv and directory and "installs" a claude that
+    records how it was started (argv, the proxy it was pointed at)."""
+    npm = bin_dir / "npm"
+    npm.write_text(f"""#!{sys.executable}
+import json, os, sys
+with open({str(record)!r}, "a") as out:
+    out.write(json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd()}}) + "\\n")
+client = os.path.join("node_modules", ".bin", "claude")
+os.makedirs(os.path.dirname(client))
+with open(client, "w") as script:
+    script.write("#!{sys.executable}\\nimport json, os, sys\\n"
+                 "json.dump({{'argv': sys.argv[1:], 'base': os.environ['ANTHROPIC_BASE_URL']}}, "
+                 "open({str(record.with_suffix('.client'))!r}, 'w'))\\n")
+os.chmod(client, 0o755)
+""")
+    npm.chmod(0o755)
+
+
+def test_launch_without_a_proxy_is_one_clear_line_and_installs_nothing(tmp_path, project_dir):
     port = 9  # discard port: nothing listens
-    result = run_cli("launch", "codex", project=project_dir,
-                     env={"MMS_PROXY_URL": f"http://127.0.0.1:{port}",
-                          "PATH": f"{tmp_path}:/usr/bin:/bin", "MMS_CACHE_DIR": str(tmp_path)})
-    # The client is looked up first: with none installed, that is the error.
-    assert (result.code, result.err) == (
-        1, "error: codex is not installed: ./runMe.sh install-clients (pinned versions), or "
-           "npm install -g @openai/codex\n")
-    fake = tmp_path / "codex"
-    fake.write_text("#!/bin/sh\nexit 0\n")
-    fake.chmod(0o755)
-    result = run_cli("launch", "codex", project=project_dir,
-                     env={"MMS_PROXY_URL": f"http://127.0.0.1:{port}",
-                          "PATH": f"{tmp_path}:/usr/bin:/bin", "MMS_CACHE_DIR": str(tmp_path)})
+    record = tmp_path / "npm.jsonl"
+    fake_npm(tmp_path, record)
+    env = {"MMS_PROXY_URL": f"http://127.0.0.1:{port}", "PATH": f"{tmp_path}:/usr/bin:/bin",
+           "MMS_CACHE_DIR": str(tmp_path / "cache")}
+    result = run_cli("launch", "codex", project=project_dir, env=env)
+    # The proxy is asked first: no client is installed for a stack that is not there.
     assert (result.code, result.err) == (
         1, f"error: no proxy answers at http://127.0.0.1:{port}: start one with ./runMe.sh "
            "--local (or MODEL=NAME ./runMe.sh), or point MMS_PROXY_URL at a remote one\n")
+    assert not record.exists()
+
+
+def test_first_launch_installs_the_pinned_clients_then_starts_the_client(tmp_path, project_dir):
+    record = tmp_path / "npm.jsonl"
+    fake_npm(tmp_path, record)
+    with RecordingUpstream() as upstream:
+        upstream.model_entries = [{"id": "qwen3-next-coder", "max_input_tokens": 204800,
+                                   "max_output_tokens": 32768}]
+        env = {"MMS_PROXY_URL": f"http://127.0.0.1:{upstream.port}",
+               "PATH": f"{tmp_path}:/usr/bin:/bin", "MMS_CACHE_DIR": str(tmp_path / "cache")}
+        first = run_cli("launch", "claude", "-p", "hi", project=project_dir, env=env)
+        second = run_cli("launch", "claude", "-p", "again", project=project_dir, env=env)
+    assert (first.code, second.code) == (0, 0), first.err
+    installed = tmp_path / "cache" / clients_dir().name  # keyed by the lock file
+    calls = [json.loads(line) for line in record.read_text().splitlines()]
+    assert calls == [{"argv": ["install", "--no-save", "--no-audit", "--no-fund", "--loglevel",
+                               "error"], "cwd": str(installed)}]  # once: the second found it
+    assert (installed / "package-lock.json").read_bytes() == (
+        ROOT / "launchers" / "package-lock.json").read_bytes()
+    assert (installed / ".complete").exists()
+    assert json.loads(record.with_suffix(".client").read_text()) == {
+        "argv": ["-p", "again"], "base": f"http://127.0.0.1:{upstream.port}"}
+    label = (f"[launch] installing @anthropic-ai/claude-code, @openai/codex, opencode-ai into "
+             f"{installed}")
+    lines = first.err.splitlines()
+    assert re.fullmatch(re.escape(label) + r" \.\.\. done in \d+s", lines[-2]), lines
+    assert all(line.startswith(label + " ... ") for line in lines[:-1])
+    assert lines[-1].startswith(f"[launch] claude → http://127.0.0.1:{upstream.port} model "
+                                "qwen3-next-coder (context 204800, output cap 32768)")
+    assert not any(line.startswith("[launch] installing") for line in second.err.splitlines())
 
 
 def test_unknown_client_exits_2(project_dir):

@@ -73,8 +73,8 @@ class Stack:
 
 def start_stack(base: Path, model: str = "smollm2-135m-cpu",
                 extra_models: dict[str, str] | None = None,
-                extra_env: dict[str, str] | None = None) -> Stack:
-    """./runMe.sh --local -d on free ports, in its own state directory and project copy."""
+                extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> Stack:
+    """./runMe.sh --local -d [args] on free ports, in its own state directory and project copy."""
     project = copy_project(base / "project")
     for name, text in (extra_models or {}).items():
         (project / "models" / f"{name}.yml").write_text(text)
@@ -88,7 +88,7 @@ def start_stack(base: Path, model: str = "smollm2-135m-cpu",
                 "LITELLM_PORT": str(proxy_port), "VLLM_PORT": str(engine_port),
                 **(extra_env or {})})
     started = time.monotonic()
-    proc = subprocess.run([str(ROOT / "runMe.sh"), "--local", model, "-d"], env=env,
+    proc = subprocess.run([str(ROOT / "runMe.sh"), "--local", model, "-d", *args], env=env,
                           capture_output=True, text=True, timeout=900)
     cold = time.monotonic() - started
     if proc.returncode != 0:

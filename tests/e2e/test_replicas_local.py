@@ -58,7 +58,7 @@ def burst(stack, count: int) -> list[int]:
 @pytest.fixture(scope="module")
 def replicated(tmp_path_factory):
     running = start_stack(tmp_path_factory.mktemp("replicas"), "smollm2-replicas",
-                          {"smollm2-replicas": REPLICATED}, {"REPLICAS": "2"})
+                          {"smollm2-replicas": REPLICATED}, args=("--replicas", "2"))
     yield running
     stop_stack(running)
 
@@ -109,6 +109,9 @@ def test_two_replicas_share_traffic_by_weight_and_survive_a_kill(replicated):
         time.sleep(1)
     back = time.monotonic() - killed
     assert stack_file(replicated).engines[1].pid != pid2
+    # Restarted as one of two (the flag is in no environment: the stack file says two).
+    argv = json.loads((replicated.log_dir / "engine-2.argv.json").read_text())
+    assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.1"
     start = served(ports[1])
     deadline = time.monotonic() + 60
     rejoined = []

@@ -1,4 +1,4 @@
-"""`./runMe.sh launch claude|codex|opencode [--force] [-- client args]`
+"""`./runMe.sh launch claude|codex|opencode [--force] [--model ID] [-- client args]`
 
 Starts a coding agent pointed at the running proxy, configured from what the proxy itself
 reports for the model (context window, output cap), with a temporary configuration directory
@@ -23,6 +23,7 @@ from typing import Optional
 from .. import environment, paths
 from ..config.resolve import SERVED_MODEL_NAME, Project, global_settings
 from ..errors import UserError
+from ..progress import Spinner
 
 NPM_DIR = paths.ROOT / "launchers"
 PACKAGES = {"claude": "@anthropic-ai/claude-code", "codex": "@openai/codex",
@@ -114,26 +115,29 @@ def install_clients() -> Path:
     target.mkdir(parents=True, exist_ok=True)
     for name in ("package.json", "package-lock.json"):
         shutil.copy(NPM_DIR / name, target / name)
-    print(f"[launch] installing {', '.join(PACKAGES.values())} into {target} ...",
-          file=sys.stderr, flush=True)
-    result = subprocess.run(["npm", "install", "--no-save", "--no-audit", "--no-fund",
-                             "--loglevel", "error"],
-                            cwd=target, capture_output=True, text=True)
+    with Spinner(f"[launch] installing {', '.join(PACKAGES.values())} into {target}"):
+        result = subprocess.run(["npm", "install", "--no-save", "--no-audit", "--no-fund",
+                                 "--loglevel", "error"],
+                                cwd=target, capture_output=True, text=True)
     if result.returncode != 0:
-        raise UserError(f"npm ci failed in {target}: {result.stderr.strip()[-500:]}")
+        raise UserError(f"npm install failed in {target}: {result.stderr.strip()[-500:]}")
     (target / ".complete").write_text("ok\n")
     return target
 
 
 def find_client(client: str) -> str:
+    """The pinned client, else one on PATH, else the pinned one installed now (first use)."""
     bundled = clients_dir() / "node_modules" / ".bin" / client
     if bundled.exists():
         return str(bundled)
     found = shutil.which(client)
     if found:
         return found
-    raise UserError(f"{client} is not installed: ./runMe.sh install-clients (pinned versions), "
-                    f"or npm install -g {PACKAGES[client]}")
+    install_clients()
+    if not bundled.exists():
+        raise UserError(f"{client} is not in the installed clients ({clients_dir()}): "
+                        f"npm install -g {PACKAGES[client]}")
+    return str(bundled)
 
 
 def client_setup(client: str, target: Target, config_dir: Path) -> tuple[dict[str, str], list[str]]:
@@ -220,9 +224,10 @@ def launch(project: Project, client: str, client_args: list[str], force: bool = 
            model: Optional[str] = None) -> int:
     if client not in PACKAGES:
         raise UserError(f"unknown client {client!r}; choose one of: {', '.join(PACKAGES)}", 2)
-    binary = find_client(client)
+    # The proxy first: installing a client (minutes) is wasted when nothing can serve it.
     target = discover(project, model)
     check_context(client, target, force)
+    binary = find_client(client)
     config_dir = Path(tempfile.mkdtemp(prefix=f"mms-{client}-"))
     try:
         extra_env, extra_args = client_setup(client, target, config_dir)

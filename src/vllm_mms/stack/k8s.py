@@ -16,7 +16,6 @@ import yaml
 
 from ..config.resolve import Resolved
 from ..engine import serve
-from ..errors import UserError
 
 ENGINE_IMAGE = "scitrera/dgx-spark-vllm:0.16.0-t5"   # Dockerfile's BASE_IMAGE
 SECRET_NAME = "vllm-mms-secrets"
@@ -84,14 +83,3 @@ class _PlainDumper(yaml.SafeDumper):
     def ignore_aliases(self, data: Any) -> bool:
         return True
 
-
-def parse_args(argv: list[str]) -> tuple[str, str]:
-    if len(argv) < 2 or argv[0] != "k8s" or argv[1].startswith("-"):
-        raise UserError("usage: ./runMe.sh export k8s MODEL [--image IMAGE]", 2)
-    image = ENGINE_IMAGE
-    rest = argv[2:]
-    if rest[:1] == ["--image"] and len(rest) == 2:
-        image = rest[1]
-    elif rest:
-        raise UserError("usage: ./runMe.sh export k8s MODEL [--image IMAGE]", 2)
-    return argv[1], image

@@ -103,12 +103,15 @@ def require_cpu_model(project: Project, resolved: Resolved) -> None:
                     f"MODEL={resolved.name} ./runMe.sh")
 
 
-def start_local(project: Project, name: str, detach: bool, force: bool = False) -> int:
+def start_local(project: Project, name: str, detach: bool, force: bool = False,
+                environ: Optional[dict[str, str]] = None) -> int:
+    """`environ`: what the settings are resolved from (default: this process's environment;
+    the CLI adds --replicas to it)."""
     existing = Stack.load()
     if existing and any(alive(p) for p in existing.pids):
         raise UserError(f"a local stack is already running ({existing.model}, proxy on port "
                         f"{existing.proxy_port}); stop it first: ./runMe.sh down")
-    resolved = resolve(project, name)
+    resolved = resolve(project, name, environ)
     require_cpu_model(project, resolved)
     settings = resolved.settings
     for port, var in ((settings.LITELLM_PORT, "LITELLM_PORT"), (settings.VLLM_PORT, "VLLM_PORT")):
@@ -234,7 +237,9 @@ RESTART_WINDOW_S = 600.0     # ... within this window, then the supervisor gives
 
 def restart(stack: Stack, dead: Service, project: Project) -> None:
     """Start the dead service again on its port, with the key the others hold."""
-    resolved = resolve(project, stack.model)
+    # As many replicas as the stack runs, however that number was given (--replicas).
+    resolved = resolve(project, stack.model,
+                       {**os.environ, "REPLICAS": str(len(stack.engines))})
     logs = Path(stack.log_dir)
     signal_group(dead.pid, signal.SIGKILL)  # its workers (vLLM's engine core) must not linger
     reap()
