@@ -157,6 +157,7 @@ def test_a_restarted_replica_is_resolved_with_the_stack_s_replica_count(project_
     environment says 2, the stack file does."""
     from vllm_mms import bootstrap
     from vllm_mms.config.resolve import Project
+    from vllm_mms.stack.state import Service, Stack
 
     seen = {}
 
@@ -168,15 +169,16 @@ def test_a_restarted_replica_is_resolved_with_the_stack_s_replica_count(project_
         return Started()
 
     monkeypatch.setattr(local, "engine_process", engine_process)
-    monkeypatch.setattr(local, "_signal_group", lambda pid, sig: None)
+    monkeypatch.setattr(local, "signal_group", lambda pid, sig: None)
     monkeypatch.setattr(bootstrap, "ensure_env", lambda name: tmp_path / "python")
-    local.stack_file().parent.mkdir(parents=True)
-    stack = local.Stack(model="smollm2-135m-cpu", engine_pid=999999, proxy_pid=999998,
-                        engine_port=8001, proxy_port=4001, log_dir=str(tmp_path), started=0,
-                        replicas=[[999997, 8002]])
-    restarted = local.restart(stack, "engine-2", Project(project_dir))
+    Stack.path().parent.mkdir(parents=True)
+    stack = Stack(model="smollm2-135m-cpu", log_dir=str(tmp_path), started=0, services=[
+        Service("engine", 1, 999999, 8001), Service("proxy", 1, 999998, 4001),
+        Service("engine", 2, 999997, 8002)])
+    local.restart(stack, stack.services[2], Project(project_dir))
     assert seen == {"replicas": 2, "port": 8002, "replica": 2}
-    assert restarted.replicas == [[4242, 8002]]
+    assert [(s.name, s.pid, s.port) for s in Stack.load().services] == [
+        ("engine", 999999, 8001), ("proxy", 999998, 4001), ("engine-2", 4242, 8002)]
 
 
 # ----------------------------------------------------------------------------- ./runMe.sh itself

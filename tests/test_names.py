@@ -88,11 +88,13 @@ def test_the_names_check_sees_a_name_in_a_message():
 
 
 def test_the_default_models_are_in_the_catalog_and_in_the_help():
-    from vllm_mms.cli import USAGE
+    from vllm_mms.cli import usage_text
+
+    usage = usage_text()
 
     compose_model = load_model_file(ROOT / "models" / f"{environment.DEFAULT_COMPOSE_MODEL}.yml")
     local_model = load_model_file(ROOT / "models" / f"{environment.DEFAULT_LOCAL_MODEL}.yml")
     assert (compose_model.local_weights, local_model.local_weights) == (
         None, "smollm2-135m-instruct")
-    assert f"(default {environment.DEFAULT_COMPOSE_MODEL})" in USAGE
-    assert f"(default {environment.DEFAULT_LOCAL_MODEL}" in USAGE
+    assert f"(default {environment.DEFAULT_COMPOSE_MODEL})" in usage
+    assert f"(default {environment.DEFAULT_LOCAL_MODEL}" in usage

@@ -238,8 +238,10 @@ def test_a_cpu_model_starts_with_the_cpu_file_and_its_prepared_checkpoint(projec
         pytest.skip("the prepared checkpoint is not there (./runMe.sh test prepares it)")
     bin_dir, state = fake_docker(tmp_path, "glm47-flash")
     (project_dir / "docker-compose.yml").write_text("services: {}\n")
+    meminfo = tmp_path / "meminfo"  # fit's free-memory check: pinned, not this host's
+    meminfo.write_text("MemTotal:       24576000 kB\nMemAvailable:   20480000 kB\n")
     result = run_cli("smollm2-135m-cpu", "-d", "--build", project=project_dir,
-                     env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+                     env={"PATH": f"{bin_dir}:/usr/bin:/bin", "MMS_MEMINFO": str(meminfo)})
     assert result.code == 0, result.err
     compose, cpu = (str(project_dir / name) for name in ("docker-compose.yml",
                                                         "docker-compose.cpu.yml"))
