@@ -96,9 +96,10 @@ def test_small_context_is_refused_unless_forced():
 
 def test_launch_without_a_proxy_is_one_clear_line(tmp_path, project_dir):
     port = 9  # discard port: nothing listens
+    # PATH holds only tmp_path: a codex installed on this machine must not be found.
     result = run_cli("launch", "codex", project=project_dir,
                      env={"MMS_PROXY_URL": f"http://127.0.0.1:{port}",
-                          "PATH": f"{tmp_path}:/usr/bin:/bin", "MMS_CACHE_DIR": str(tmp_path)})
+                          "PATH": str(tmp_path), "MMS_CACHE_DIR": str(tmp_path)})
     # The client is looked up first: with none installed, that is the error.
     assert (result.code, result.err) == (
         1, "error: codex is not installed: ./runMe.sh install-clients (pinned versions), or "
@@ -108,7 +109,7 @@ def test_launch_without_a_proxy_is_one_clear_line(tmp_path, project_dir):
     fake.chmod(0o755)
     result = run_cli("launch", "codex", project=project_dir,
                      env={"MMS_PROXY_URL": f"http://127.0.0.1:{port}",
-                          "PATH": f"{tmp_path}:/usr/bin:/bin", "MMS_CACHE_DIR": str(tmp_path)})
+                          "PATH": str(tmp_path), "MMS_CACHE_DIR": str(tmp_path)})
     assert (result.code, result.err) == (
         1, f"error: no proxy answers at http://127.0.0.1:{port}: start one with ./runMe.sh "
            "--local (or MODEL=NAME ./runMe.sh), or point MMS_PROXY_URL at a remote one\n")
