@@ -42,6 +42,17 @@ def isolated_home(tmp_path_factory, monkeypatch):
     return home
 
 
+@pytest.fixture(autouse=True)
+def no_gpus_detected(monkeypatch):
+    """fit plans for a machine without GPUs (one assumed DGX Spark) whatever this host has,
+    so an nvidia-smi here changes no expected report. It holds in this process; CLI tests run
+    in a subprocess keep nvidia-smi off their PATH instead. Tests of the detection itself call
+    fit.nvidia_smi_gpus."""
+    from vllm_mms.engine import fit
+
+    monkeypatch.setattr(fit, "detect_gpus", lambda: None)
+
+
 @pytest.fixture
 def project_dir(tmp_path) -> Path:
     """A copy of the user-facing files, safe to break."""

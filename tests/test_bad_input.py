@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from vllm_mms.cli import USAGE
+
 from .conftest import run_cli
 
 AVAILABLE = "glm47-flash, qwen3-next-coder, smollm2-135m-cpu, step-3.5-flash, step-3.5-flash-hcsw"
@@ -94,7 +96,9 @@ def test_unknown_model_for_compose_exits_2_before_docker(project_dir):
     result = run_cli("nope", project=project_dir)
     assert (result.code, result.err) == (2, f"error: unknown model 'nope'; available: {AVAILABLE}\n")
     result = run_cli(project=project_dir, env={"MODEL": "../x"})
-    assert result.code == 2 and result.err.startswith("error: invalid model name '../x'")
+    assert (result.code, result.err) == (
+        2, "error: invalid model name '../x': use lower-case letters, digits, '.', '-' and '_' "
+           f"only (available: {AVAILABLE})\n")
 
 
 @pytest.mark.parametrize("vars_env, message", [
@@ -145,9 +149,16 @@ def test_environment_override_out_of_range(project_dir):
         1, "error: environment: LITELLM_TEMPERATURE: Input should be less than or equal to 2\n")
 
 
-@pytest.mark.parametrize("args", [["render"], ["render", "glm47-flash", "--bogus"], ["frobnicate", "x"]])
-def test_bad_arguments_exit_2_with_usage(args, project_dir):
+@pytest.mark.parametrize("args, error", [
+    (["render"], "./runMe.sh render: error: the following arguments are required: model"),
+    (["render", "glm47-flash", "--bogus"], "./runMe.sh: error: unrecognized arguments: --bogus"),
+    (["frobnicate", "x"], "./runMe.sh: error: unrecognized arguments: x"),
+])
+def test_bad_arguments_exit_2_with_usage(args, error, project_dir):
     result = run_cli(*args, project=project_dir)
-    assert result.code == 2
-    assert "Traceback" not in result.err
-    assert "usage:" in result.err
+    assert (result.code, result.out) == (2, "")
+    # argparse's own usage line and error, then the whole help: nothing else
+    argparse_usage, found, rest = result.err.partition(f"\n{error}\n")
+    assert found, result.err
+    assert argparse_usage.startswith("usage: ./runMe.sh")
+    assert rest == USAGE

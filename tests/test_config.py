@@ -99,10 +99,14 @@ def test_sizes(text, value):
 
 
 def test_all_catalog_models_resolve_with_the_shipped_vars_env(project_dir):
-    for path in (project_dir / "models").glob("*.yml"):
+    contexts = {}
+    for path in sorted((project_dir / "models").glob("*.yml")):
         resolved = resolve(Project(project_dir), path.stem, environ={})
-        assert resolved.context_length, path.name
         assert resolved.model.description, path.name
+        contexts[path.stem] = resolved.context_length
+    assert contexts == {"glm47-flash": 131072, "qwen3-next-coder": 204800,
+                        "smollm2-135m-cpu": 8192, "step-3.5-flash": 65536,
+                        "step-3.5-flash-hcsw": 8192}
 
 
 def test_stop_sequences_default_and_enforced(project_dir):

@@ -45,7 +45,11 @@ def test_schema_validates_every_catalog_model_and_rejects_a_bad_one():
     import yaml
 
     schema = model_schema()
-    for path in sorted((ROOT / "models").glob("*.yml")):
+    paths = sorted((ROOT / "models").glob("*.yml"))
+    assert sorted(p.stem for p in paths) == ["glm47-flash", "qwen3-next-coder",
+                                             "smollm2-135m-cpu", "step-3.5-flash",
+                                             "step-3.5-flash-hcsw"]
+    for path in paths:
         jsonschema.validate(yaml.safe_load(path.read_text()), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"description": "x", "command": "vllm serve m", "bogus": 1}, schema)

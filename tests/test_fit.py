@@ -1,15 +1,35 @@
 """`./runMe.sh fit`: the exact report and verdict for the catalog, config.json read from a
-Hugging Face cache when present, the check before a start, and bad arguments."""
+Hugging Face cache when present, the check before a start, and bad arguments. GPU detection
+is pinned (conftest: no GPU) for the reports; nvidia-smi itself is read by stand-ins."""
 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
+from vllm_mms import cli
 from vllm_mms.engine import fit
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, Result, run_cli
+
+
+@pytest.fixture
+def fit_cli(monkeypatch, capsys):
+    """The CLI in this process, where the conftest's GPU pin holds (run_cli's subprocess
+    would ask this machine's nvidia-smi)."""
+    def run(*args: str, project: Path, env: dict[str, str] | None = None) -> Result:
+        monkeypatch.setenv("MMS_PROJECT_DIR", str(project))
+        monkeypatch.chdir(project)
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        code = cli.main(list(args))
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+    return run
 
 QWEN_ON_128 = """\
 fit qwen3-next-coder (Qwen/Qwen3-Coder-Next-FP8)
@@ -28,14 +48,14 @@ verdict: fits (15.3 GiB to spare)
 """
 
 
-def test_qwen3_next_coder_fp8_at_200k_fits_one_spark(project_dir):
-    result = run_cli("fit", "qwen3-next-coder", "--gpu-memory", "128GiB", "--max-model-len",
+def test_qwen3_next_coder_fp8_at_200k_fits_one_spark(project_dir, fit_cli):
+    result = fit_cli("fit", "qwen3-next-coder", "--gpu-memory", "128GiB", "--max-model-len",
                      "200K", project=project_dir)
     assert (result.code, result.out, result.err) == (0, QWEN_ON_128, "")
 
 
-def test_step_flash_does_not_fit_one_spark(project_dir):
-    result = run_cli("fit", "step-3.5-flash", "--gpu-memory", "128GiB", project=project_dir)
+def test_step_flash_does_not_fit_one_spark(project_dir, fit_cli):
+    result = fit_cli("fit", "step-3.5-flash", "--gpu-memory", "128GiB", project=project_dir)
     assert result.code == 1
     lines = result.out.splitlines()
     assert lines[6] == "  weights     186.3 GiB  (catalog weights_gb)"
@@ -46,8 +66,8 @@ def test_step_flash_does_not_fit_one_spark(project_dir):
         "(check with --nodes 2)"]
 
 
-def test_step_flash_fits_two_sparks(project_dir):
-    result = run_cli("fit", "step-3.5-flash", "--gpu-memory", "128G", "--nodes", "2",
+def test_step_flash_fits_two_sparks(project_dir, fit_cli):
+    result = fit_cli("fit", "step-3.5-flash", "--gpu-memory", "128G", "--nodes", "2",
                      project=project_dir)
     assert result.code == 0, result.out
     assert "  budget      209.9 GiB  gpu-memory-utilization 0.82 x 2 GPU(s), 10 GiB kept for " \
@@ -57,8 +77,8 @@ def test_step_flash_fits_two_sparks(project_dir):
         "rest; shorter prompts share the space)")
 
 
-def test_fits_with_changes_names_each_change(project_dir):
-    result = run_cli("fit", "glm47-flash", "--gpu-memory", "128GiB",
+def test_fits_with_changes_names_each_change(project_dir, fit_cli):
+    result = fit_cli("fit", "glm47-flash", "--gpu-memory", "128GiB",
                      "--gpu-memory-utilization", "0.5", project=project_dir)
     assert result.code == 1
     assert result.out.splitlines()[-2:] == [
@@ -68,8 +88,8 @@ def test_fits_with_changes_names_each_change(project_dir):
         "--gpu-memory-utilization 0.55"]
 
 
-def test_fewer_full_length_sequences_than_asked_still_starts(project_dir):
-    result = run_cli("fit", "glm47-flash", "--gpu-memory", "128GiB", project=project_dir)
+def test_fewer_full_length_sequences_than_asked_still_starts(project_dir, fit_cli):
+    result = fit_cli("fit", "glm47-flash", "--gpu-memory", "128GiB", project=project_dir)
     assert result.code == 0
     assert result.out.splitlines()[-1] == (
         "verdict: fits; the KV cache holds 5 of 8 sequences at full context (vLLM queues the "
@@ -102,7 +122,7 @@ def test_the_cpu_engine_needs_its_weights_and_runtime_inside_its_share():
         "verdict: does not fit: weights + overhead + one full sequence need 1.")
 
 
-def test_config_json_in_the_hf_cache_wins_over_the_catalog(project_dir, tmp_path):
+def test_config_json_in_the_hf_cache_wins_over_the_catalog(project_dir, tmp_path, fit_cli):
     snapshot = (tmp_path / "hf" / "hub" / "models--Qwen--Qwen3-Coder-Next-FP8" / "snapshots"
                 / "0123abc")
     snapshot.mkdir(parents=True)
@@ -113,7 +133,7 @@ def test_config_json_in_the_hf_cache_wins_over_the_catalog(project_dir, tmp_path
         "linear_value_head_dim": 128}))
     (snapshot / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": 80_000_000_000}, "weight_map": {}}))
-    result = run_cli("fit", "qwen3-next-coder", "--gpu-memory", "128GiB", project=project_dir,
+    result = fit_cli("fit", "qwen3-next-coder", "--gpu-memory", "128GiB", project=project_dir,
                      env={"HF_HOME": str(tmp_path / "hf")})
     assert result.code == 0, result.out
     lines = result.out.splitlines()
@@ -169,34 +189,117 @@ def test_bad_fit_arguments(project_dir, args, message):
     assert (result.code, result.out, result.err) == (2, "", message)
 
 
-def test_a_start_that_does_not_fit_is_refused_before_docker(project_dir):
-    result = run_cli("step-3.5-flash", project=project_dir, env={"PATH": "/usr/bin:/bin"})
-    assert result.code == 1
-    assert result.err.startswith("error: step-3.5-flash does not fit this machine:\nfit "
-                                 "step-3.5-flash (stepfun-ai/Step-3.5-Flash-FP8)\n")
-    assert result.err.endswith(
-        "start anyway with --force; try other settings with ./runMe.sh fit step-3.5-flash "
-        "[--max-model-len N] [--max-num-seqs N] [--gpu-memory SIZE]\n")
-
-
-def test_force_starts_anyway(project_dir, tmp_path):
+def test_a_start_that_does_not_fit_is_refused_before_docker(project_dir, tmp_path, fit_cli):
+    report = fit_cli("fit", "step-3.5-flash", project=project_dir).out
+    record = tmp_path / "docker-calls"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    result = run_cli("step-3.5-flash", "--force", project=project_dir,
-                     env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
-    assert "--force: starting anyway" in result.out
-    assert "does not fit" in result.out  # the report is still shown
-    # then the normal start path runs (and here finds no Docker)
-    assert "does not fit this machine" not in result.err
+    # It records, and fails: were the start to go on, it would stop at "not installed" (in
+    # this process, a docker that answered would be exec'd in place of the tests).
+    (bin_dir / "docker").write_text(f"#!/bin/sh\necho \"$*\" >> {record}\nexit 1\n")
+    (bin_dir / "docker").chmod(0o755)
+    result = fit_cli("step-3.5-flash", project=project_dir, env={"PATH": str(bin_dir)})
+    assert (result.code, result.out) == (1, "")
+    assert result.err == (
+        f"error: step-3.5-flash does not fit this machine:\n{report}start anyway with --force; "
+        "try other settings with ./runMe.sh fit step-3.5-flash [--max-model-len N] "
+        "[--max-num-seqs N] [--gpu-memory SIZE]\n")
+    assert not record.exists()  # docker was never called
+
+
+def test_force_starts_anyway(project_dir, tmp_path, fit_cli):
+    report = fit_cli("fit", "step-3.5-flash", project=project_dir).out
+    assert report.splitlines()[-2].startswith("verdict: does not fit: ")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    result = fit_cli("step-3.5-flash", "--force", project=project_dir, env={"PATH": str(empty)})
+    # The report is still shown, then the normal start path runs and here finds no Docker.
+    assert (result.code, result.out, result.err) == (
+        1, f"{report}--force: starting anyway\n",
+        "error: docker compose is not installed; install Docker with the compose plugin, or run "
+        "without Docker: ./runMe.sh --local\n")
 
 
 def test_every_catalog_model_has_architecture_numbers():
     from vllm_mms.config.schema import available_models, load_model_file
 
-    for name in available_models(ROOT / "models"):
+    names = available_models(ROOT / "models")
+    assert names == ["glm47-flash", "qwen3-next-coder", "smollm2-135m-cpu", "step-3.5-flash",
+                     "step-3.5-flash-hcsw"]
+    for name in names:
         model = load_model_file(ROOT / "models" / f"{name}.yml")
         assert model.architecture is not None, name
         assert model.architecture.source.startswith("https://huggingface.co/"), name
+
+
+# ----------------------------------------------------------------------------- GPU detection
+
+H100_ROW = "NVIDIA H100 80GB HBM3, 81559"   # nvidia-smi's csv,noheader,nounits: MiB
+
+
+def stand_in_nvidia_smi(bin_dir: Path, stdout: str, code: int = 0) -> Path:
+    """An nvidia-smi that records its arguments and prints `stdout`; returns the record."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    record = bin_dir / "nvidia-smi.args"
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                   f"open({str(record)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+                   f"sys.stdout.write({stdout!r})\nsys.exit({code})\n")
+    smi.chmod(0o755)
+    return record
+
+
+def test_a_gpu_on_this_machine_does_not_change_a_pinned_report(project_dir, tmp_path,
+                                                               monkeypatch, fit_cli):
+    from vllm_mms.config.resolve import Project, resolve
+
+    stand_in_nvidia_smi(tmp_path / "bin", H100_ROW + "\n")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    # The stand-in is found and would matter: an H100 is not unified memory...
+    assert fit.nvidia_smi_gpus() == fit.Memory(
+        "1 x NVIDIA H100 80GB HBM3, 79.6 GiB each (detected)", 81559 * 1024**2, 1, False)
+    resolved = resolve(Project(project_dir), "qwen3-next-coder")
+    on_the_h100 = fit.check(resolved, gpu_memory=128 * fit.GiB, gpus=fit.nvidia_smi_gpus)
+    assert on_the_h100.lines[1:3] == [
+        "  memory     128.0 GiB per GPU (given)",
+        "  budget      102.4 GiB  gpu-memory-utilization 0.8 x 1 GPU(s)"]
+    # ...but the pinned seam is what fit asks: the report stays the unified-memory one.
+    result = fit_cli("fit", "qwen3-next-coder", "--gpu-memory", "128GiB", "--max-model-len",
+                     "200K", project=project_dir)
+    assert (result.code, result.out, result.err) == (0, QWEN_ON_128, "")
+
+
+@pytest.mark.parametrize("stdout, code, expected", [
+    (f"{H100_ROW}\n{H100_ROW}\n", 0,
+     fit.Memory("2 x NVIDIA H100 80GB HBM3, 79.6 GiB each (detected)", 81559 * 1024**2, 2, False)),
+    ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\n", 9, None),
+    # a row, then a GPU it cannot read: the exit code says the view is incomplete
+    (f"{H100_ROW}\nUnable to determine the device handle for GPU 0000:02:00.0: Unknown Error\n",
+     15, None),
+    ("", 0, None),
+], ids=["two-h100", "driver-not-loaded", "a-gpu-lost", "no-rows"])
+def test_nvidia_smi_output_is_read(tmp_path, monkeypatch, stdout, code, expected):
+    record = stand_in_nvidia_smi(tmp_path / "bin", stdout, code)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert fit.nvidia_smi_gpus() == expected
+    assert json.loads(record.read_text()) == ["--query-gpu=name,memory.total",
+                                              "--format=csv,noheader,nounits"]
+
+
+def test_nvidia_smi_on_a_gb10_reads_unified_memory_from_meminfo(tmp_path, monkeypatch):
+    stand_in_nvidia_smi(tmp_path / "bin", "NVIDIA GB10, [N/A]\n")
+    info = tmp_path / "meminfo"
+    info.write_text("MemTotal:       127601213 kB\nMemAvailable:   105906176 kB\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setenv("MMS_MEMINFO", str(info))
+    assert fit.nvidia_smi_gpus() == fit.Memory(
+        "NVIDIA GB10: 121.69 GiB unified with the CPU (detected)", 127601213 * 1024, 1, True,
+        available=101.0 * fit.GiB, available_source=f"MemAvailable in {info}")
+
+
+def test_no_nvidia_smi_is_no_gpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert fit.nvidia_smi_gpus() is None
 
 
 # ----------------------------------------------------------------------------- unified memory
@@ -248,9 +351,9 @@ def test_free_memory_check_on_a_spark_fails_above_available_over_total(project_d
     assert "  free check: ok (2.5 GiB to spare)" in ok.out.splitlines()
 
 
-def test_free_check_fails_and_nothing_below_the_line_fits(project_dir):
-    result = run_cli("fit", "step-3.5-flash", "--nodes", "2", "--gpu-memory-utilization", "0.9",
-                     project=project_dir, env={"PATH": "/usr/bin:/bin"})
+def test_free_check_fails_and_nothing_below_the_line_fits(project_dir, fit_cli):
+    result = fit_cli("fit", "step-3.5-flash", "--nodes", "2", "--gpu-memory-utilization", "0.9",
+                     project=project_dir)
     assert result.code == 1
     assert result.out.splitlines()[-1] == (
         "verdict: does not fit: vLLM refuses to start: free memory 101.00 GiB < "
@@ -258,9 +361,8 @@ def test_free_check_fails_and_nothing_below_the_line_fits(project_dir):
         "weights + overhead + one full sequence need 199.25 GiB, the budget is 194.70 GiB")
 
 
-def test_no_gpu_detected_assumes_one_dgx_spark(project_dir):
-    result = run_cli("fit", "qwen3-next-coder", project=project_dir,
-                     env={"PATH": "/usr/bin:/bin"})
+def test_no_gpu_detected_assumes_one_dgx_spark(project_dir, fit_cli):
+    result = fit_cli("fit", "qwen3-next-coder", project=project_dir)
     assert result.code == 0, result.out
     lines = result.out.splitlines()
     assert lines[1:6] == [
@@ -273,13 +375,13 @@ def test_no_gpu_detected_assumes_one_dgx_spark(project_dir):
     assert lines[-1] == "verdict: fits (10.3 GiB to spare)"
 
 
-def test_every_catalog_model_passes_the_free_check_and_fits_on_sparks(project_dir, monkeypatch):
+def test_every_catalog_model_passes_the_free_check_and_fits_on_sparks(project_dir):
     """On the assumed Spark(s): one node, or one per GPU over Ray for tensor parallel."""
     from vllm_mms.config import schema
     from vllm_mms.config.resolve import Project, resolve
     from vllm_mms.engine import serve
 
-    monkeypatch.setattr(fit, "detect_gpus", lambda: None)  # whatever this machine has
+    checked = []
     for name in schema.available_models(ROOT / "models"):
         resolved = resolve(Project(project_dir), name)
         if resolved.model.local_weights:
@@ -289,12 +391,13 @@ def test_every_catalog_model_passes_the_free_check_and_fits_on_sparks(project_di
         assert verdict.fits, "\n".join(verdict.lines)
         free = [line for line in verdict.lines if line.startswith("  free check:")]
         assert free and free[0].startswith("  free check: ok ("), (name, free)
+        checked.append(name)
+    assert checked == ["glm47-flash", "qwen3-next-coder", "step-3.5-flash", "step-3.5-flash-hcsw"]
 
 
-def test_too_little_free_memory_for_any_utilization_says_so(project_dir):
+def test_too_little_free_memory_for_any_utilization_says_so(project_dir, fit_cli):
     # 16 GiB of unified memory with a Spark's 20.69 GiB in use: nothing is free.
-    result = run_cli("fit", "qwen3-next-coder", "--gpu-memory", "16GiB", project=project_dir,
-                     env={"PATH": "/nonexistent"})
+    result = fit_cli("fit", "qwen3-next-coder", "--gpu-memory", "16GiB", project=project_dir)
     assert result.code == 1
     assert ("  free check: fails: too little memory is free for any --gpu-memory-utilization; "
             "stop what uses it (free -g)") in result.out.splitlines()

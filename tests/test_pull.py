@@ -101,6 +101,11 @@ def test_pull_refuses_what_it_cannot_pull(project_dir, args, code, err):
 def test_pull_needs_a_name(project_dir):
     result = run_cli("pull", project=project_dir)
     assert result.code == 2 and result.out == ""
+    # argparse's error for the missing name, then the help (which lists pull)
+    assert result.err.splitlines()[:2] == ["usage: ./runMe.sh pull model",
+                                           "./runMe.sh pull: error: the following arguments "
+                                           "are required: model"]
+    assert result.err.endswith("\n" + cli.USAGE)
     assert "  ./runMe.sh pull NAME                download NAME's weights into the Hugging " \
            "Face cache" in result.err.splitlines()
 

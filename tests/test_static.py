@@ -210,7 +210,9 @@ def test_compose_parse_fails_on_a_broken_file(tmp_path):
     broken.write_text("services:\n  x:\n    ports: 5\n")
     proc = subprocess.run([tool("docker-compose"), "-f", str(broken), "config"],
                           capture_output=True, text=True)
-    assert proc.returncode != 0
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == (
+        "services.x.ports contains an invalid type, it should be an array")
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.proxy"])

@@ -68,8 +68,8 @@ HEALTH = ["inspect", "--format", "{{.State.Status}} {{.RestartCount}} "
 
 def run_switch(project_dir: Path, bin_dir: Path, *args: str):
     (project_dir / "docker-compose.yml").write_text("services: {}\n")
-    return run_cli("switch", *args, project=project_dir,
-                   env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    # Only the stand-in on PATH: no docker or nvidia-smi of this machine takes part.
+    return run_cli("switch", *args, project=project_dir, env={"PATH": str(bin_dir)})
 
 
 def test_switch_recreates_only_the_engine(project_dir, tmp_path):
@@ -219,7 +219,7 @@ def test_up_issues_the_exact_compose_command(project_dir, tmp_path):
     bin_dir, state = fake_docker(tmp_path, "glm47-flash")
     (project_dir / "docker-compose.yml").write_text("services: {}\n")
     result = run_cli("qwen3-next-coder", "-d", "--metrics", project=project_dir,
-                     env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+                     env={"PATH": str(bin_dir)})
     assert result.code == 0, result.err
     compose, gpu = (str(project_dir / name) for name in ("docker-compose.yml",
                                                           "docker-compose.gpu.yml"))
@@ -257,4 +257,4 @@ def test_switch_between_a_cpu_and_a_gpu_model_is_refused(project_dir, tmp_path):
     assert (result.code, result.err) == (1, (
         "error: switch keeps the engine image, and smollm2-135m-cpu is a CPU model while "
         "glm47-flash is a GPU model: ./runMe.sh down && ./runMe.sh glm47-flash -d --build\n"))
-    assert [c for c in calls(state) if "up" in c[0]] == []
+    assert calls(state) == [(ENV_FORMAT, None), (ENV_FORMAT, None)]  # read, nothing recreated

@@ -20,44 +20,42 @@ def ok_body(**extra):
             **extra}
 
 
-# (id, method, path, body: dict|bytes|None, expected statuses)
+# (id, method, path, body: dict|bytes|None, the status it gets)
 CASES = [
-    ("invalid-json", "POST", CHAT, b'{"model": "x", "messages": [', {400, 422}),
-    ("empty-body", "POST", CHAT, b"", {400, 422}),
-    ("json-array-body", "POST", CHAT, b"[1, 2, 3]", {400, 422}),
-    ("json-string-body", "POST", CHAT, b'"hello"', {400, 422}),
-    ("messages-not-a-list", "POST", CHAT, {"model": MODEL, "messages": "hi"}, {400, 422}),
-    ("messages-empty", "POST", CHAT, {"model": MODEL, "messages": []}, {400, 422}),
-    # Tolerated where the engine has a sensible reading (role defaults to user; the
+    ("invalid-json", "POST", CHAT, b'{"model": "x", "messages": [', 400),
+    ("empty-body", "POST", CHAT, b"", 400),
+    ("json-array-body", "POST", CHAT, b"[1, 2, 3]", 400),
+    ("json-string-body", "POST", CHAT, b'"hello"', 400),
+    ("messages-not-a-list", "POST", CHAT, {"model": MODEL, "messages": "hi"}, 400),
+    ("messages-empty", "POST", CHAT, {"model": MODEL, "messages": []}, 400),
+    # Answered where the engine has a sensible reading (role defaults to user; the
     # Anthropic route fills in max_tokens; an unknown forced tool is answered in text).
-    ("message-without-role", "POST", CHAT, {"model": MODEL, "messages": [{"content": "x"}]},
-     {200, 400, 422}),
-    ("unknown-model", "POST", CHAT, {**ok_body(), "model": "no-such-model"}, {400, 404}),
-    ("model-not-a-string", "POST", CHAT, {**ok_body(), "model": 42}, {400, 404, 422}),
-    ("path-trick-model", "POST", CHAT, {**ok_body(), "model": "../../etc/passwd"}, {400, 404}),
-    ("max-tokens-negative", "POST", CHAT, ok_body(max_tokens=-5), {400}),
-    ("max-tokens-zero", "POST", CHAT, ok_body(max_tokens=0), {400}),
-    ("max-tokens-not-a-number", "POST", CHAT, ok_body(max_tokens="many"), {400, 422}),
-    ("temperature-negative", "POST", CHAT, ok_body(temperature=-1), {400, 422}),
-    ("temperature-huge", "POST", CHAT, ok_body(temperature=1e308), {400, 422}),
-    ("temperature-string", "POST", CHAT, ok_body(temperature="hot"), {400, 422}),
-    ("top-p-above-one", "POST", CHAT, ok_body(top_p=7), {400, 422}),
-    ("n-huge", "POST", CHAT, ok_body(n=100000), {400, 422}),
-    ("tools-not-a-list", "POST", CHAT, ok_body(tools="x"), {400, 422}),
+    ("message-without-role", "POST", CHAT, {"model": MODEL, "messages": [{"content": "x"}]}, 200),
+    ("unknown-model", "POST", CHAT, {**ok_body(), "model": "no-such-model"}, 400),
+    ("model-not-a-string", "POST", CHAT, {**ok_body(), "model": 42}, 400),
+    ("path-trick-model", "POST", CHAT, {**ok_body(), "model": "../../etc/passwd"}, 400),
+    ("max-tokens-negative", "POST", CHAT, ok_body(max_tokens=-5), 400),
+    ("max-tokens-zero", "POST", CHAT, ok_body(max_tokens=0), 400),
+    ("max-tokens-not-a-number", "POST", CHAT, ok_body(max_tokens="many"), 400),
+    ("temperature-negative", "POST", CHAT, ok_body(temperature=-1), 400),
+    ("temperature-huge", "POST", CHAT, ok_body(temperature=1e308), 400),
+    ("temperature-string", "POST", CHAT, ok_body(temperature="hot"), 400),
+    ("top-p-above-one", "POST", CHAT, ok_body(top_p=7), 400),
+    ("n-huge", "POST", CHAT, ok_body(n=100000), 400),
+    ("tools-not-a-list", "POST", CHAT, ok_body(tools="x"), 400),
     ("tool-choice-unknown-function", "POST", CHAT,
-     ok_body(tool_choice={"type": "function", "function": {"name": "nope"}}), {200, 400, 422}),
+     ok_body(tool_choice={"type": "function", "function": {"name": "nope"}}), 200),
     ("prompt-beyond-context", "POST", CHAT,
-     {**ok_body(), "messages": [{"role": "user", "content": "word " * 40000}]}, {400, 413}),
+     {**ok_body(), "messages": [{"role": "user", "content": "word " * 40000}]}, 400),
     ("oversized-body", "POST", CHAT,
-     {**ok_body(), "messages": [{"role": "user", "content": "x" * 12_000_000}]}, {400, 413}),
+     {**ok_body(), "messages": [{"role": "user", "content": "x" * 12_000_000}]}, 400),
     ("deeply-nested-json", "POST", CHAT, b'{"model": ' + b"[" * 100000 + b"]" * 100000 + b"}",
-     {400, 422}),
-    ("wrong-method", "GET", CHAT, None, {405}),
+     400),
+    ("wrong-method", "GET", CHAT, None, 405),
     ("messages-api-no-max-tokens", "POST", "/v1/messages",
-     {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}, {200, 400, 422}),
-    ("messages-api-invalid-json", "POST", "/v1/messages", b"{", {400, 422}),
-    ("responses-api-bad-input", "POST", "/v1/responses", {"model": MODEL, "input": 17},
-     {400, 422}),
+     {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}, 200),
+    ("messages-api-invalid-json", "POST", "/v1/messages", b"{", 400),
+    ("responses-api-bad-input", "POST", "/v1/responses", {"model": MODEL, "input": 17}, 400),
 ]
 
 
@@ -84,7 +82,7 @@ def canary(stack) -> None:
 def test_bad_request_gets_a_clear_error_and_the_service_keeps_serving(stack, case):
     _, method, path, body, expected = case
     response = send(stack, method, path, body)
-    assert response.status_code in expected, (response.status_code, response.text[:300])
+    assert response.status_code == expected, (response.status_code, response.text[:300])
     if response.status_code not in (200, 405):
         error = response.json().get("error")
         message = error.get("message") if isinstance(error, dict) else error
@@ -104,7 +102,3 @@ def test_client_supplied_upstream_is_never_followed(stack, attacker, field):
         f"which credentials")
     assert attacker.bodies == [] and attacker.headers == []
     canary(stack)
-
-
-def test_the_corpus_is_large_enough():
-    assert len(CASES) + 4 >= 30

@@ -40,5 +40,10 @@ def test_metrics_of_proxy_and_engine_feed_the_dashboard(stack):
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
             wanted |= set(re.findall(r"\b((?:vllm:|litellm_)[\w:]+)", target.get("expr", "")))
-    assert len(wanted) >= 9
+    assert sorted(wanted) == [
+        "litellm_llm_api_time_to_first_token_metric_bucket",
+        "litellm_proxy_total_requests_metric_total", "litellm_request_total_latency_metric_bucket",
+        "vllm:generation_tokens_total", "vllm:kv_cache_usage_perc", "vllm:num_requests_running",
+        "vllm:num_requests_waiting", "vllm:prompt_tokens_total", "vllm:request_success_total",
+        "vllm:time_to_first_token_seconds_bucket"]
     assert sorted(wanted - exposed) == []

@@ -118,7 +118,10 @@ def test_switch_rolls_back_on_failure_then_moves_the_proxy(stack):
             response = chat(stack, model)
             assert response.status_code == 200, response.text
             assert response.json()["choices"][0]["message"]["content"]
-        assert chat(stack, "smollm2-135m-cpu").status_code in (400, 404)
+        gone = chat(stack, "smollm2-135m-cpu")  # the old id left the proxy with its engine
+        assert gone.status_code == 400, gone.text
+        assert gone.json()["error"]["message"].startswith(
+            "/chat/completions: Invalid model name passed in model=smollm2-135m-cpu.")
         status = subprocess.run([str(ROOT / "runMe.sh"), "status"], env=stack.env,
                                 capture_output=True, text=True, timeout=120)
         assert "model:    smollm2-switch" in status.stdout.splitlines()

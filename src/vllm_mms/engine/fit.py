@@ -37,7 +37,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .. import environment
 from ..config import schema
@@ -244,7 +244,7 @@ def numa_nodes() -> int:
     return max(1, len(nodes))
 
 
-def detect_gpus() -> Optional[Memory]:
+def nvidia_smi_gpus() -> Optional[Memory]:
     """nvidia-smi's view. GB10 reports no memory of its own ([N/A]): unified with the CPU."""
     if not shutil.which("nvidia-smi"):
         return None
@@ -269,14 +269,22 @@ def detect_gpus() -> Optional[Memory]:
                   int(total) * 1024**2, len(rows), False)
 
 
-def machine_memory(resolved: Resolved, given: Optional[float], nodes: int) -> Memory:
+GpuProbe = Callable[[], Optional[Memory]]
+# Where fit learns this machine's GPUs (None: none found). The only caller of nvidia-smi, so
+# a test replaces it once and the test host's GPUs change nothing; check(gpus=...) plans for
+# another machine's.
+detect_gpus: GpuProbe = nvidia_smi_gpus
+
+
+def machine_memory(resolved: Resolved, given: Optional[float], nodes: int,
+                   gpus: Optional[GpuProbe] = None) -> Memory:
     if resolved.model.local_weights:
         info = meminfo()
         total = info.get("MemTotal", 0)
         return Memory(f"CPU: {total / GiB:.1f} GiB RAM in {numa_nodes()} NUMA node(s) (detected)",
                       total / numa_nodes(), 1, True, cpu=True,
                       available=float(info.get("MemAvailable", total)))
-    detected = detect_gpus()
+    detected = (gpus or detect_gpus)()
     if given is not None:
         # A given size keeps the detected kind of GPU; with none detected, a Spark-like box.
         unified = detected.unified if detected else True
@@ -539,13 +547,14 @@ class Verdict:
 def check(resolved: Resolved, *, gpu_memory: Optional[float] = None, nodes: int = 1,
           max_model_len: Optional[int] = None, max_num_seqs: Optional[int] = None,
           utilization: Optional[float] = None, weights: Optional[Path] = None,
-          parallel: Optional[int] = None) -> Verdict:
-    """`parallel`: GPUs the engine spans when that is not its command's (a Ray cluster)."""
+          parallel: Optional[int] = None, gpus: Optional[GpuProbe] = None) -> Verdict:
+    """`parallel`: GPUs the engine spans when that is not its command's (a Ray cluster);
+    `gpus`: what reports the GPUs, when not this machine's (detect_gpus)."""
     shape = model_shape(resolved, resolved.hf_model, weights)
     plan = plan_from_command(resolved, max_model_len, max_num_seqs, utilization)
     if parallel:
         plan.parallel = parallel
-    memory = machine_memory(resolved, gpu_memory, nodes)
+    memory = machine_memory(resolved, gpu_memory, nodes, gpus)
     est = estimate(shape, plan, memory)
     verdict = Verdict(resolved.name, resolved.hf_model, shape, plan, memory, est, est.starts)
     if verdict.fits:
