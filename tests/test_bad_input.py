@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_mms.cli import USAGE
+from vllm_mms.cli import usage_text
 
 from .conftest import run_cli
 
@@ -161,4 +161,4 @@ def test_bad_arguments_exit_2_with_usage(args, error, project_dir):
     argparse_usage, found, rest = result.err.partition(f"\n{error}\n")
     assert found, result.err
     assert argparse_usage.startswith("usage: ./runMe.sh")
-    assert rest == USAGE
+    assert rest == usage_text()

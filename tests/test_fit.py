@@ -325,9 +325,12 @@ def test_meminfo_reads_the_given_file(tmp_path):
     assert fit.meminfo(info) == {"MemTotal": 127601213 * 1024, "MemAvailable": 101 * fit.GiB}
 
 
-def test_free_memory_check_on_a_spark_fails_above_available_over_total(project_dir, tmp_path):
+def test_free_memory_check_on_a_spark_fails_above_available_over_total(project_dir, tmp_path,
+                                                                          monkeypatch):
     """vLLM 0.16 refuses to start when MemAvailable < utilization x MemTotal: 95 GiB free
     cannot hold 0.83 x 121.69 GiB; the fix is the utilization, not the model."""
+    # The CLI runs in this process: detection goes back to nvidia-smi, the stand-in on PATH.
+    monkeypatch.setattr(fit, "detect_gpus", fit.nvidia_smi_gpus)
     result = run_cli("fit", "qwen3-next-coder", "--gpu-memory-utilization", "0.83",
                      project=project_dir, env=spark(tmp_path, 95 * 1024 * 1024))
     assert result.code == 1

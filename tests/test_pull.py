@@ -105,7 +105,7 @@ def test_pull_needs_a_name(project_dir):
     assert result.err.splitlines()[:2] == ["usage: ./runMe.sh pull model",
                                            "./runMe.sh pull: error: the following arguments "
                                            "are required: model"]
-    assert result.err.endswith("\n" + cli.USAGE)
+    assert result.err.endswith("\n" + cli.usage_text())
     assert "  ./runMe.sh pull NAME                download NAME's weights into the Hugging " \
            "Face cache" in result.err.splitlines()
 
