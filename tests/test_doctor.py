@@ -26,9 +26,12 @@ def test_broken_secret_fails_every_dependent_check_with_the_fix(project_dir, tmp
 
 def test_model_error_names_the_field_and_the_fix(project_dir, tmp_path):
     (project_dir / "models" / "broken.yml").write_text("description: x\ncommand: vllm serve m; ls\n")
+    meminfo = tmp_path / "meminfo"  # the memory-fit line reads this, not the busy host's
+    meminfo.write_text("MemTotal:       24576000 kB\nMemAvailable:   20480000 kB\n")
     result = run_cli("doctor", project=project_dir,
                      env={"MMS_STATE_DIR": str(tmp_path / "state"), "PATH": NO_DOCKER_PATH,
-                          "MMS_DATABASE_URL": f"sqlite:///{tmp_path / 'u.db'}"})
+                          "MMS_DATABASE_URL": f"sqlite:///{tmp_path / 'u.db'}",
+                          "MMS_MEMINFO": str(meminfo)})
     lines = result.out.splitlines()
     index = lines.index("fail  model broken: models/broken.yml: command: ';' is shell syntax; "
                         "the command is run without a shell")
