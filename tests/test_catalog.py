@@ -40,6 +40,14 @@ EXPECTED_ARGV = {
         "vllm", "serve", "HuggingFaceTB/SmolLM2-135M-Instruct", "--enable-auto-tool-choice",
         "--tool-call-parser", "hermes", "--dtype", "bfloat16", "--max-model-len", "8192",
         "--max-num-seqs", "8", "--gpu-memory-utilization", "0.3", "--enforce-eager", *TAIL],
+    "minilm-l6-cpu": [
+        "vllm", "serve", "sentence-transformers/all-MiniLM-L6-v2", "--runner", "pooling",
+        "--dtype", "float32", "--max-model-len", "256", "--max-num-seqs", "8",
+        "--gpu-memory-utilization", "0.15", "--enforce-eager", *TAIL],
+    "smollm2-135m-cpu-fast": [
+        "vllm", "serve", "HuggingFaceTB/SmolLM2-135M-Instruct", "--enable-auto-tool-choice",
+        "--tool-call-parser", "hermes", "--dtype", "bfloat16", "--max-model-len", "2048",
+        "--max-num-seqs", "4", "--gpu-memory-utilization", "0.2", "--enforce-eager", *TAIL],
 }
 
 
@@ -63,7 +71,9 @@ def test_render_prints_the_argv_and_only_env_names(name, project_dir, tmp_path):
     assert json.loads(argv_line.strip()) == EXPECTED_ARGV[name]
     env_line = lines[lines.index("engine environment (names only; values stay secret):") + 1]
     expected_env = {"glm47-flash": [], "step-3.5-flash": [], "step-3.5-flash-hcsw": [],
-                    "qwen3-next-coder": [], "smollm2-135m-cpu": ["VLLM_CPU_OMP_THREADS_BIND"]}
+                    "qwen3-next-coder": [], "smollm2-135m-cpu": ["VLLM_CPU_OMP_THREADS_BIND"],
+                    "smollm2-135m-cpu-fast": ["VLLM_CPU_OMP_THREADS_BIND"],
+                    "minilm-l6-cpu": ["VLLM_CPU_OMP_THREADS_BIND"]}
     assert env_line.split() == sorted(["HF_TOKEN", "VLLM_API_KEY", *expected_env[name]])
     assert "hf_canary_value_123" not in result.out + result.err
     for path in (tmp_path / "gen").iterdir():
@@ -71,7 +81,10 @@ def test_render_prints_the_argv_and_only_env_names(name, project_dir, tmp_path):
 
 
 def test_agent_models_start_with_a_tool_call_parser():
-    for name, argv in EXPECTED_ARGV.items():
+    """Every chat model (not the embedding one, which has no chat at all)."""
+    chat = {name: argv for name, argv in EXPECTED_ARGV.items() if not serve.is_pooling(argv)}
+    assert sorted(set(EXPECTED_ARGV) - set(chat)) == ["minilm-l6-cpu"]
+    for name, argv in chat.items():
         assert "--enable-auto-tool-choice" in argv, name
         assert argv[argv.index("--tool-call-parser") + 1], name
 

@@ -11,17 +11,21 @@ def test_no_arguments_lists_models_with_descriptions_and_usage(project_dir):
     result = run_cli(project=project_dir)
     assert result.code == 0 and result.err == ""
     lines = result.out.splitlines()
-    assert lines[:6] == [
+    assert lines[:8] == [
         "models:",
-        "  glm47-flash          GLM-4.7-Flash (zai-org): 30B MoE, ~3B active, agentic coding "
+        "  glm47-flash            GLM-4.7-Flash (zai-org): 30B MoE, ~3B active, agentic coding "
         "with tools and reasoning",
-        "  qwen3-next-coder     Qwen3-Coder-Next (Qwen): 80B MoE, 3B active, FP8, a coding agent "
-        "model with tools",
-        "  smollm2-135m-cpu     SmolLM2-135M-Instruct on CPU: the embedded default for "
+        "  minilm-l6-cpu          all-MiniLM-L6-v2 on CPU: 384-dimension sentence embeddings "
+        "behind /v1/embeddings, beside a chat model in local mode",
+        "  qwen3-next-coder       Qwen3-Coder-Next (Qwen): 80B MoE, 3B active, FP8, a coding "
+        "agent model with tools",
+        "  smollm2-135m-cpu       SmolLM2-135M-Instruct on CPU: the embedded default for "
         "./runMe.sh --local and the tests",
-        "  step-3.5-flash       Step-3.5-Flash (StepFun): 197B MoE, ~11B active, FP8, "
+        "  smollm2-135m-cpu-fast  SmolLM2-135M-Instruct on CPU, short context, greedy: the "
+        "second model of local mode's multi-model stack",
+        "  step-3.5-flash         Step-3.5-Flash (StepFun): 197B MoE, ~11B active, FP8, "
         "long-context reasoning and tools",
-        "  step-3.5-flash-hcsw  Step-3.5-Flash, high-concurrency short-window variant: 8K "
+        "  step-3.5-flash-hcsw    Step-3.5-Flash, high-concurrency short-window variant: 8K "
         "context, 64 sequences",
     ]
     assert "usage:" in lines and "  ./runMe.sh down                     stop what runs " \
@@ -32,7 +36,7 @@ def test_an_invalid_model_file_is_listed_as_invalid_not_a_crash(project_dir):
     (project_dir / "models" / "broken.yml").write_text("description: x\n")
     result = run_cli("list", project=project_dir)
     assert result.code == 0
-    assert ("  broken               (invalid: models/broken.yml: command: required field is "
+    assert ("  broken                 (invalid: models/broken.yml: command: required field is "
             "missing)") in result.out.splitlines()
 
 
@@ -195,8 +199,8 @@ def test_local_mode_refuses_a_gpu_model_in_one_line(project_dir, tmp_path):
                      env={"MMS_STATE_DIR": str(tmp_path)})
     assert (result.code, result.err) == (
         1, "error: glm47-flash is not a CPU model (One DGX Spark (128 GB unified): BF16 weights "
-           "~63 GB, the rest for KV cache); local mode serves: smollm2-135m-cpu. On a GPU box: "
-           "MODEL=glm47-flash ./runMe.sh\n")
+           "~63 GB, the rest for KV cache); local mode serves: minilm-l6-cpu, smollm2-135m-cpu, "
+           "smollm2-135m-cpu-fast. On a GPU box: MODEL=glm47-flash ./runMe.sh\n")
     assert not (tmp_path / "stack.json").exists()
 
 

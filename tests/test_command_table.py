@@ -60,15 +60,17 @@ def test_bench_documents_exactly_the_flags_of_its_script(monkeypatch):
     documented = {arg.names[0]: (arg.choices, 0 if arg.switch else None)
                   for arg in cli.BY_NAME["bench"].args}
     assert documented == script
-    assert ("  ./runMe.sh bench [--target stub|model|both] [--concurrency 1,8,32] [--rounds N] "
-            "[--smoke]") in cli.usage_text().splitlines()
+    lines = cli.usage_text().splitlines()
+    start = lines.index("  ./runMe.sh bench [--target stub|model|both] [--concurrency 1,8,32] "
+                        "[--rounds N] [--smoke]")
+    assert lines[start + 1] == "                   [--no-levers] [--redis URL]"
 
 
 def test_usage_lines_are_wrapped_under_the_first_argument():
     lines = cli.usage_text().splitlines()
     start = lines.index("  ./runMe.sh keys create NAME [--rpm N] [--tpm N] [--max-parallel N] "
                         "[--tokens-per-day N]")
-    assert lines[start + 1] == "                         [--models a,b]"
+    assert lines[start + 1] == "                         [--models a,b] [--priority N]"
     shapes = [line for line in lines if line.lstrip().startswith(("./runMe.sh", "MODEL=", "["))]
     assert max(len(line) for line in shapes) <= 2 + cli.USAGE_WIDTH
 
@@ -105,7 +107,7 @@ def test_bad_arguments_of_some_commands_are_one_line(argv, err, project_dir):
     (["keys", "create"],
      "./runMe.sh keys create: error: the following arguments are required: name",
      "usage: ./runMe.sh keys create NAME [--rpm N] [--tpm N] [--max-parallel N] "
-     "[--tokens-per-day N] [--models a,b] | keys list | keys revoke NAME"),
+     "[--tokens-per-day N] [--models a,b] [--priority N] | keys list | keys revoke NAME"),
 ])
 def test_bad_arguments_of_keys_and_usage_say_what_is_wrong_then_the_usage(
         argv, argparse_says, usage, project_dir):
@@ -139,7 +141,7 @@ def test_replicas_reach_the_render_as_an_argument_not_through_the_environment(
 def test_replicas_reach_local_mode_as_an_argument(project_dir, monkeypatch):
     seen = {}
 
-    def start_local(project, name, detach, force=False, environ=None):
+    def start_local(project, name, detach, force=False, environ=None, on_demand=()):
         seen.update(name=name, detach=detach, force=force, replicas=environ.get("REPLICAS"),
                     process=os.environ.get("REPLICAS"))
         return 0
@@ -147,7 +149,7 @@ def test_replicas_reach_local_mode_as_an_argument(project_dir, monkeypatch):
     monkeypatch.setattr(local, "start_local", start_local)
     monkeypatch.setenv("MMS_PROJECT_DIR", str(project_dir))
     assert cli.main(["--local", "-d", "--replicas", "3"]) == 0
-    assert seen == {"name": "smollm2-135m-cpu", "detach": True, "force": False,
+    assert seen == {"name": ["smollm2-135m-cpu"], "detach": True, "force": False,
                     "replicas": "3", "process": None}
 
 
@@ -164,8 +166,10 @@ def test_a_restarted_replica_is_resolved_with_the_stack_s_replica_count(project_
     class Started:
         pid = 4242
 
-    def engine_process(resolved, engine_python, weights, key, logs, port, replica=1):
-        seen.update(replicas=resolved.replicas, port=port, replica=replica)
+    def engine_process(resolved, engine_python, weights, key, logs, port, replica=1,
+                       beside=False, share=0.0, cores=None):
+        seen.update(replicas=resolved.replicas, port=port, replica=replica, beside=beside,
+                    share=share, cores=cores)
         return Started()
 
     monkeypatch.setattr(local, "engine_process", engine_process)
@@ -176,7 +180,8 @@ def test_a_restarted_replica_is_resolved_with_the_stack_s_replica_count(project_
         Service("engine", 1, 999999, 8001), Service("proxy", 1, 999998, 4001),
         Service("engine", 2, 999997, 8002)])
     local.restart(stack, stack.services[2], Project(project_dir))
-    assert seen == {"replicas": 2, "port": 8002, "replica": 2}
+    assert seen == {"replicas": 2, "port": 8002, "replica": 2, "beside": False, "share": 0.0,
+                    "cores": (2, 2)}
     assert [(s.name, s.pid, s.port) for s in Stack.load().services] == [
         ("engine", 999999, 8001), ("proxy", 999998, 4001), ("engine-2", 4242, 8002)]
 

@@ -105,7 +105,9 @@ def test_all_catalog_models_resolve_with_the_shipped_vars_env(project_dir):
         assert resolved.model.description, path.name
         contexts[path.stem] = resolved.context_length
     assert contexts == {"glm47-flash": 131072, "qwen3-next-coder": 204800,
-                        "smollm2-135m-cpu": 8192, "step-3.5-flash": 65536,
+                        "smollm2-135m-cpu": 8192, "smollm2-135m-cpu-fast": 2048,
+                        "minilm-l6-cpu": 256,
+                        "step-3.5-flash": 65536,
                         "step-3.5-flash-hcsw": 8192}
 
 

@@ -98,11 +98,35 @@ def test_proxy_entrypoint_execs_the_gated_proxy_with_keys_in_its_environment(pro
     generated = tmp_path / "generated"
     assert seen["pid"] == proc.pid
     assert seen["argv"][1:] == ["-m", "vllm_mms.proxy.gateway", "--config", str(generated / "config.yaml"), "--host", "0.0.0.0",
-                                "--port", "4000"]
+                                "--port", "4000", "--workers", "1"]  # no Redis: one worker
     assert seen["master_key"] == "sk-master-canary"
     assert seen["engine_key"] == (generated / ".engine_api_key").read_text()
     assert seen["database_url"] is None  # LiteLLM's Prisma layer must not start
     assert "sk-master-canary" not in out + err
+
+
+def test_proxy_entrypoint_runs_the_configured_workers(project_dir, tmp_path):
+    (project_dir / "secrets" / "PROXY_REDIS_URL").write_text("redis://redis-host:6379/0\n")
+    (project_dir / "vars.env").write_text("PROXY_WORKERS=4\n")
+    stand_in(tmp_path / "bin", "vllm", tmp_path / "engine.json")
+    run_entrypoint("entrypoint", project_dir, tmp_path)
+    stand_in(tmp_path / "bin", "python3", tmp_path / "proxy.json")
+    proc, out, err = run_entrypoint("proxy-entrypoint", project_dir, tmp_path)
+    assert proc.returncode == 0, err
+    assert json.loads((tmp_path / "proxy.json").read_text())["argv"][-2:] == ["--workers", "4"]
+
+
+def test_proxy_entrypoint_refuses_workers_without_redis(project_dir, tmp_path):
+    (project_dir / "vars.env").write_text("PROXY_WORKERS=4\n")
+    stand_in(tmp_path / "bin", "vllm", tmp_path / "engine.json")
+    run_entrypoint("entrypoint", project_dir, tmp_path)
+    stand_in(tmp_path / "bin", "python3", tmp_path / "proxy.json")
+    proc, out, err = run_entrypoint("proxy-entrypoint", project_dir, tmp_path)
+    assert (proc.returncode, err) == (1, "error: PROXY_WORKERS=4 needs PROXY_REDIS_URL: each "
+                                         "worker would count the per-key limits alone (a key "
+                                         "could make 4x its requests); set PROXY_REDIS_URL or "
+                                         "PROXY_WORKERS=1\n")
+    assert not (tmp_path / "proxy.json").exists()
 
 
 def test_proxy_entrypoint_before_render_is_one_clear_line(project_dir, tmp_path):

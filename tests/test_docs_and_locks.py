@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -46,9 +48,9 @@ def test_schema_validates_every_catalog_model_and_rejects_a_bad_one():
 
     schema = model_schema()
     paths = sorted((ROOT / "models").glob("*.yml"))
-    assert sorted(p.stem for p in paths) == ["glm47-flash", "qwen3-next-coder",
-                                             "smollm2-135m-cpu", "step-3.5-flash",
-                                             "step-3.5-flash-hcsw"]
+    assert sorted(p.stem for p in paths) == ["glm47-flash", "minilm-l6-cpu", "qwen3-next-coder",
+                                             "smollm2-135m-cpu", "smollm2-135m-cpu-fast",
+                                             "step-3.5-flash", "step-3.5-flash-hcsw"]
     for path in paths:
         jsonschema.validate(yaml.safe_load(path.read_text()), schema)
     with pytest.raises(jsonschema.ValidationError):
@@ -72,3 +74,31 @@ def test_proxy_image_and_tests_use_the_same_versions(target):
         assert (dev[package].version, sorted(dev[package].hashes)) == (
             pin.version, sorted(pin.hashes)), f"{package}: proxy.txt {pin.version} vs dev.txt " \
             f"{dev[package].version} ({target})"
+
+
+def test_the_anthropic_spec_is_current():
+    # tests/specs/anthropic-messages.yaml comes from the pinned Anthropic SDK's types
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "anthropic_spec.py"),
+                             "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_openai_spec_cut_follows_the_gate():
+    # every kept operation is one the gate hands to the model APIs; no other one is
+    import yaml
+
+    from vllm_mms.proxy.gateway import MODEL_API_ROUTES
+
+    spec = yaml.safe_load((ROOT / "tests" / "specs" / "openai-model-api.yaml").read_text())
+    assert spec["info"]["x-extracted-from"].startswith(
+        "https://github.com/openai/openai-openapi openapi.yaml at commit f85dbe2")
+    assert sorted(spec["paths"]) == [
+        "/chat/completions", "/completions", "/embeddings", "/models", "/models/{model}",
+        "/responses", "/responses/compact", "/responses/input_tokens",
+        "/responses/{response_id}", "/responses/{response_id}/cancel",
+        "/responses/{response_id}/input_items"]
+    assert all(MODEL_API_ROUTES.match("/v1" + path) for path in spec["paths"])
+    others = [line.split()[1] for line in
+              (ROOT / "tests" / "specs" / "openai-other-operations.txt").read_text().splitlines()
+              if line and not line.startswith("#")]
+    assert len(others) == 267 and not any(MODEL_API_ROUTES.match("/v1" + p) for p in others)

@@ -20,7 +20,7 @@ def test_broken_secret_fails_every_dependent_check_with_the_fix(project_dir, tmp
     index = lines.index("fail  settings: secrets/HF_TOKEN: the file is empty")
     assert lines[index + 1] == "      fix: fix vars.env or the file in secrets/ named above"
     assert "fail  model glm47-flash: secrets/HF_TOKEN: the file is empty" in lines
-    assert lines[-1] == "6 checks failed"  # settings + the five catalog models
+    assert lines[-1] == "8 checks failed"  # settings + the seven catalog models
     assert "Traceback" not in result.out + result.err
 
 

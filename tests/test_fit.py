@@ -117,7 +117,7 @@ def test_the_cpu_engine_needs_its_weights_and_runtime_inside_its_share():
     each did): a 1 GiB share cannot hold the runtime, the weights and one sequence."""
     from vllm_mms.engine import fit
 
-    per_node = fit.meminfo()["MemTotal"] / fit.numa_nodes()
+    per_node = fit.cpu_node_memory(fit.meminfo()["MemTotal"])
     share = f"{1.0 * fit.GiB / per_node:.4f}"
     result = run_cli("fit", "smollm2-135m-cpu", "--gpu-memory-utilization", share)
     assert result.code == 1, result.out
@@ -227,8 +227,8 @@ def test_every_catalog_model_has_architecture_numbers():
     from vllm_mms.config.schema import available_models, load_model_file
 
     names = available_models(ROOT / "models")
-    assert names == ["glm47-flash", "qwen3-next-coder", "smollm2-135m-cpu", "step-3.5-flash",
-                     "step-3.5-flash-hcsw"]
+    assert names == ["glm47-flash", "minilm-l6-cpu", "qwen3-next-coder", "smollm2-135m-cpu",
+                     "smollm2-135m-cpu-fast", "step-3.5-flash", "step-3.5-flash-hcsw"]
     for name in names:
         model = load_model_file(ROOT / "models" / f"{name}.yml")
         assert model.architecture is not None, name
@@ -408,3 +408,15 @@ def test_too_little_free_memory_for_any_utilization_says_so(project_dir, fit_cli
     assert ("  free check: fails: too little memory is free for any --gpu-memory-utilization; "
             "stop what uses it (free -g)") in result.out.splitlines()
     assert "-0." not in result.out and "Traceback" not in result.out + result.err
+
+
+def test_the_cpu_share_is_of_numa_node_0_as_vllm_takes_it(tmp_path, monkeypatch):
+    """vLLM's CPU worker multiplies --gpu-memory-utilization by node 0's MemTotal, which on
+    this kind of machine is 15.0 of 23.5 GiB (an engine sized on the machine's total got
+    0.03 GiB of KV cache and refused to start)."""
+    node = tmp_path / "meminfo"
+    node.write_text("Node 0 MemTotal:       15689940 kB\nNode 0 MemFree:        12228296 kB\n")
+    monkeypatch.setenv("MMS_NODE_MEMINFO", str(node))
+    assert fit.cpu_node_memory(24684092 * 1024) == 15689940 * 1024
+    monkeypatch.setenv("MMS_NODE_MEMINFO", str(tmp_path / "absent"))
+    assert fit.cpu_node_memory(24 * fit.GiB) == 24 * fit.GiB / fit.numa_nodes()

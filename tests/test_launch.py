@@ -33,6 +33,7 @@ def test_claude_environment(tmp_path):
         "ANTHROPIC_DEFAULT_SONNET_MODEL": "qwen3-next-coder",
         "ANTHROPIC_DEFAULT_HAIKU_MODEL": "qwen3-next-coder",
         "ANTHROPIC_SMALL_FAST_MODEL": "qwen3-next-coder",
+        "CLAUDE_CODE_SUBAGENT_MODEL": "qwen3-next-coder",
         "CLAUDE_CONFIG_DIR": str(tmp_path),
         "DISABLE_TELEMETRY": "1",
         "DISABLE_ERROR_REPORTING": "1",
@@ -52,6 +53,7 @@ def test_codex_config(tmp_path):
         'model = "qwen3-next-coder"\n'
         'model_provider = "mms"\n'
         "model_context_window = 204800\n"
+        'web_search = "disabled"\n'
         "\n"
         "[model_providers.mms]\n"
         'name = "vLLM Multi-Model Server"\n'
@@ -193,3 +195,33 @@ json.dump({{"argv": sys.argv[1:], "home": home,
     assert f'base_url = "http://127.0.0.1:{upstream.port}/v1"' in seen["config"]
     assert "model_context_window = 204800" in seen["config"]
     assert not Path(seen["home"]).exists()  # nothing left behind
+
+
+def test_claude_codes_background_slot_goes_to_the_smallest_other_model(tmp_path, project_dir,
+                                                                       monkeypatch):
+    """A stack serving several models: the haiku slot (titles, summaries) on the smallest
+    model other than the main one, so background calls do not queue behind the main work."""
+    from vllm_mms.config.resolve import Project
+    from vllm_mms.ops import agents
+    from vllm_mms.stack.state import Service, Stack
+
+    monkeypatch.setenv("MMS_STATE_DIR", str(tmp_path / "state"))
+    listed = {name: {} for name in ("qwen3-next-coder", "glm47-flash", "smollm2-135m-cpu-fast")}
+    project = Project(project_dir)
+    assert agents._background_model(project, "qwen3-next-coder", listed) is None  # no stack
+    Stack(model="qwen3-next-coder", log_dir=str(tmp_path), started=0, services=[
+        Service("engine", 1, 1, 8001), Service("proxy", 1, 2, 4000),
+        Service("engine", 1, 3, 8002, model="glm47-flash"),
+        Service("engine", 1, 4, 8003, model="smollm2-135m-cpu-fast")]).save()
+    # weights_gb: qwen3-next-coder 78, glm47-flash 63, smollm2-135m-cpu-fast 0.27
+    assert agents._background_model(project, "qwen3-next-coder", listed) == \
+        "smollm2-135m-cpu-fast"
+    assert agents._background_model(project, "smollm2-135m-cpu-fast", listed) == "glm47-flash"
+    del listed["smollm2-135m-cpu-fast"]  # not served (yet): not chosen
+    assert agents._background_model(project, "qwen3-next-coder", listed) == "glm47-flash"
+    env, _ = client_setup("claude", Target("http://x", "k", "qwen3-next-coder", 204800, 32768,
+                                           background="glm47-flash"), tmp_path)
+    assert [env[k] for k in ("ANTHROPIC_MODEL", "ANTHROPIC_DEFAULT_SONNET_MODEL",
+                             "ANTHROPIC_DEFAULT_HAIKU_MODEL", "ANTHROPIC_SMALL_FAST_MODEL",
+                             "CLAUDE_CODE_SUBAGENT_MODEL")] == [
+        "qwen3-next-coder", "qwen3-next-coder", "glm47-flash", "glm47-flash", "qwen3-next-coder"]

@@ -54,9 +54,13 @@ def test_the_claimed_pairs():
         f"{m}/py{p}" for m in ("x86_64", "aarch64") for p in ("3.10", "3.11.2", "3.11", "3.12", "3.13")]
     assert [str(t) for t in targets_for(REQUIREMENTS / "engine-cpu.txt")] == [
         "x86_64/py3.11.2", "x86_64/py3.11"]
+    assert [str(t) for t in targets_for(REQUIREMENTS / "fuzz.txt")] == [
+        f"{m}/py{p}" for m in ("x86_64", "aarch64") for p in ("3.11.2", "3.11", "3.12", "3.13")]
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert "Linux x86_64 and aarch64 (glibc ≥ 2.31) × CPython 3.10, 3.11" in readme
     assert "The engine lock covers only x86_64 × CPython 3.11 (3.11.2 included)" in readme
+    assert "`requirements/fuzz.txt` (Schemathesis 4.32.5, for the spec fuzzing), the latter " \
+           "for CPython ≥ 3.11 only" in readme
 
 
 @pytest.mark.parametrize("lock", LOCKS, ids=[p.name for p in LOCKS])

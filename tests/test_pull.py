@@ -11,8 +11,8 @@ from vllm_mms.engine import pull
 
 from .conftest import ROOT, run_cli
 
-AVAILABLE = ("glm47-flash, qwen3-next-coder, smollm2-135m-cpu, step-3.5-flash, "
-             "step-3.5-flash-hcsw")
+AVAILABLE = ("glm47-flash, minilm-l6-cpu, qwen3-next-coder, smollm2-135m-cpu, "
+             "smollm2-135m-cpu-fast, step-3.5-flash, step-3.5-flash-hcsw")
 
 
 @pytest.fixture

@@ -24,14 +24,18 @@ def test_rendered_config_for_glm(project_dir, tmp_path):
         assert entry["litellm_params"] == {
             "model": "hosted_vllm/vllm_agent", "api_base": "http://vllm-node:8000/v1",
             "api_key": "os.environ/VLLM_API_KEY", "timeout": 600, "stream_timeout": 600,
-            "max_retries": 0}
+            "max_retries": 0, "use_chat_completions_api": True}
         assert entry["model_info"] == {"catalog_name": "glm47-flash", "replica": 1,
+                                       "input_cost_per_token": 0, "output_cost_per_token": 0,
                                        "max_input_tokens": 131072, "max_output_tokens": 32768}
     assert config["litellm_settings"] == {
         "drop_params": True, "request_timeout": 600, "num_retries": 0,
         "callbacks": ["vllm_mms.proxy.hooks.proxy_handler", "prometheus"]}
     assert config["router_settings"] == {"routing_strategy": "simple-shuffle", "num_retries": 0,
-                                         "timeout": 600, "allowed_fails": 0, "cooldown_time": 10}
+                                         "timeout": 600, "allowed_fails": 0, "cooldown_time": 10,
+                                         "allowed_fails_policy": {
+                                             "NotFoundErrorAllowedFails": 1000000,
+                                             "BadRequestErrorAllowedFails": 1000000}}
     assert config["general_settings"] == {
         "master_key": "os.environ/LITELLM_MASTER_KEY",
         "custom_auth": "vllm_mms.proxy.hooks.custom_auth"}
@@ -44,6 +48,18 @@ def test_rendered_config_for_glm(project_dir, tmp_path):
                                 "num_retries": 0, "rpm": None}
     assert models["api_base"] == COMPOSE_API_BASE
     assert models["api_bases"] == [COMPOSE_API_BASE]
+    assert models["priority_scheduling"] is False
+
+
+@pytest.mark.parametrize("flag, expected", [
+    ("--scheduling-policy priority", True), ("--scheduling-policy=priority", True),
+    ("--scheduling-policy fcfs", False)])
+def test_priority_scheduling_follows_the_engine_flag(project_dir, tmp_path, flag, expected):
+    model = project_dir / "models" / "glm47-flash.yml"
+    model.write_text(model.read_text().replace("--max-num-seqs 8", f"--max-num-seqs 8 {flag}"))
+    project = Project(project_dir)
+    written = render(project, resolve(project, "glm47-flash"), tmp_path)
+    assert yaml.safe_load(written["models.yml"].read_text())["priority_scheduling"] is expected
 
 
 def test_proxy_metrics_can_be_turned_off(project_dir, tmp_path):

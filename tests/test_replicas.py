@@ -66,11 +66,15 @@ def test_two_replicas_render_one_deployment_each_with_weights_routing_and_fallba
         ("qwen3-next-coder", "http://spark-2:8000/v1", None, None),
     ]
     assert config["model_list"][-1]["model_info"] == {"catalog_name": "qwen3-next-coder",
-                                                      "fallback_for": "glm47-flash"}
+                                                      "fallback_for": "glm47-flash",
+                                                      "input_cost_per_token": 0,
+                                                      "output_cost_per_token": 0}
     assert config["model_list"][-1]["litellm_params"]["api_key"] == "os.environ/VLLM_API_KEY"
     assert config["router_settings"] == {
         "routing_strategy": "least-busy", "num_retries": 1, "timeout": 600, "allowed_fails": 1,
         "cooldown_time": 20,
+        "allowed_fails_policy": {"NotFoundErrorAllowedFails": 1000000,
+                                 "BadRequestErrorAllowedFails": 1000000},
         "fallbacks": [{"glm47-flash": ["qwen3-next-coder"]}, {"vllm_agent": ["qwen3-next-coder"]},
                       {"glm-4.7-flash": ["qwen3-next-coder"]}]}
     # With replicas, one retry: the router picks again and a replica in cooldown is left out.

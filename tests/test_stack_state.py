@@ -46,11 +46,15 @@ def local_stack(state_dir: Path, engines=((999999, 1),), proxy=(999998, 2),
 def test_a_stack_reads_back_what_was_saved(tmp_path):
     stack = local_stack(tmp_path, engines=((11, 8001), (12, 8002)), proxy=(10, 4000))
     assert json.loads((tmp_path / "stack.json").read_text()) == {
-        "format": 2, "model": "smollm2-135m-cpu",
-        "services": [{"role": "engine", "replica": 1, "pid": 11, "port": 8001},
-                     {"role": "proxy", "replica": 1, "pid": 10, "port": 4000},
-                     {"role": "engine", "replica": 2, "pid": 12, "port": 8002}],
-        "log_dir": str(tmp_path / "logs"), "started": 0.0, "supervisor_pid": 0}
+        "format": 3, "model": "smollm2-135m-cpu",
+        "services": [{"role": "engine", "replica": 1, "pid": 11, "port": 8001, "model": "",
+                      "share": 0.0},
+                     {"role": "proxy", "replica": 1, "pid": 10, "port": 4000, "model": "",
+                      "share": 0.0},
+                     {"role": "engine", "replica": 2, "pid": 12, "port": 8002, "model": "",
+                      "share": 0.0}],
+        "log_dir": str(tmp_path / "logs"), "started": 0.0, "supervisor_pid": 0,
+        "on_demand": [], "budget": 0.0, "share_unit": 0.0}
     loaded = Stack.load(tmp_path / "stack.json")
     assert loaded == stack
     assert [s.name for s in loaded.services] == ["engine", "proxy", "engine-2"]
@@ -88,14 +92,17 @@ def test_a_failed_save_leaves_the_previous_file_whole(tmp_path):
     json.dumps({**OLD_FORMAT, "format": 1}),
     "{",
     "[]",
-    json.dumps({"format": 2, "model": "m", "services": [], "log_dir": "/tmp", "started": 0,
-                "supervisor_pid": 0}),
     json.dumps({"format": 2, "model": "m", "log_dir": "/tmp", "started": 0, "supervisor_pid": 0,
+                "services": [{"role": "engine", "replica": 1, "pid": 1, "port": 1},
+                             {"role": "proxy", "replica": 1, "pid": 2, "port": 2}]}),
+    json.dumps({"format": 3, "model": "m", "services": [], "log_dir": "/tmp", "started": 0,
+                "supervisor_pid": 0}),
+    json.dumps({"format": 3, "model": "m", "log_dir": "/tmp", "started": 0, "supervisor_pid": 0,
                 "services": [{"role": "engine", "replica": 1, "pid": "x", "port": 1},
                              {"role": "proxy", "replica": 1, "pid": 2, "port": 2}]}),
-    json.dumps({"format": 2, "model": "m", "log_dir": "/tmp", "started": 0, "supervisor_pid": 0,
+    json.dumps({"format": 3, "model": "m", "log_dir": "/tmp", "started": 0, "supervisor_pid": 0,
                 "services": [{"role": "engine", "replica": 1, "pid": 1, "port": 1}]}),
-], ids=["old-layout", "format-1", "damaged", "not-an-object", "no-services", "bad-pid",
+], ids=["old-layout", "format-1", "damaged", "not-an-object", "format-2", "no-services", "bad-pid",
         "no-proxy"])
 def test_a_stack_file_this_version_cannot_read_means_nothing_runs(tmp_path, text):
     (tmp_path / "stack.json").write_text(text)

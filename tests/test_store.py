@@ -102,7 +102,8 @@ def test_queue_keeps_rows_while_the_database_is_down_and_counts_overflow():
 
 def test_keys_and_usage_cli_on_postgres(postgres_url):
     env = {"MMS_DATABASE_URL": postgres_url}
-    created = run_cli("keys", "create", "ci-bot", "--rpm", "7", "--models", "a,b", env=env)
+    created = run_cli("keys", "create", "ci-bot", "--rpm", "7", "--models", "a,b",
+                      "--priority", "-5", env=env)
     assert created.code == 0, created.err
     lines = created.out.splitlines()
     assert lines[0] == "created key 'ci-bot'; it is shown only now:"
@@ -110,9 +111,9 @@ def test_keys_and_usage_cli_on_postgres(postgres_url):
     listed = run_cli("keys", "list", env=env)
     assert key not in listed.out
     assert listed.out.splitlines()[0].split() == ["name", "created", "status", "rpm", "tpm",
-                                                  "parallel", "models"]
+                                                  "parallel", "priority", "models"]
     row = [line for line in listed.out.splitlines() if line.startswith("ci-bot")][0].split()
-    assert row[3:] == ["active", "7", "-", "-", "a,b"]
+    assert row[3:] == ["active", "7", "-", "-", "-5", "a,b"]
     assert run_cli("keys", "revoke", "ci-bot", env=env).code == 0
     again = run_cli("keys", "revoke", "ci-bot", env=env)
     assert (again.code, again.err) == (1, "error: the key 'ci-bot' is already revoked\n")
@@ -203,3 +204,45 @@ def test_a_sql_ascii_database_still_gives_text_back(postgres_url):
     finally:
         with psycopg.connect(admin_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_priority_out_of_range_is_refused_before_the_database():
+    result = run_cli("keys", "create", "x", "--priority", "5000",
+                     env={"MMS_DATABASE_URL": "postgresql://nobody@127.0.0.1:9/x"})
+    assert (result.code, result.err) == (
+        2, "error: --priority must be between -1000 and 1000 (lower is served first; "
+           "default 0)\n")
+
+
+def test_a_version_1_database_is_upgraded_with_its_keys_kept(tmp_path):
+    """A database made before key priorities (schema 1) gains the column; its keys stay."""
+    import asyncio
+    import sqlite3
+
+    path = tmp_path / "v1.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE mms_schema (version INTEGER NOT NULL);
+        INSERT INTO mms_schema VALUES (1);
+        CREATE TABLE mms_api_keys (name TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE,
+            created_at DOUBLE PRECISION NOT NULL, revoked_at DOUBLE PRECISION, rpm INTEGER,
+            tpm INTEGER, max_parallel INTEGER, models TEXT, tokens_per_day INTEGER);
+        INSERT INTO mms_api_keys VALUES ('old', 'h', 1.0, NULL, 3, NULL, NULL, NULL, NULL);
+    """)
+    db.commit()
+    db.close()
+
+    async def upgrade_twice():
+        for _ in range(2):  # a second process finds it done
+            store = Store(f"sqlite:///{path}")
+            await store.migrate()
+            await store.create_key(f"new{_}", priority=-2)
+            keys = await store.list_keys()
+            version = await store.fetchall("SELECT version FROM mms_schema")
+            await store.close()
+        return keys, version
+
+    keys, version = asyncio.run(upgrade_twice())
+    assert version == [(2,)]
+    assert [(k.name, k.rpm, k.priority) for k in keys] == [
+        ("new0", None, -2), ("new1", None, -2), ("old", 3, None)]

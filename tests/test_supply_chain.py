@@ -41,7 +41,7 @@ def pins(lock) -> dict[str, tuple[str, list[str]]]:
 
 def test_every_environment_has_a_lock():
     assert [p.stem for p in INPUTS] == [p.stem for p in LOCKS] == [
-        "cluster", "dev", "engine-cpu", "model", "proxy"]
+        "cluster", "dev", "engine-cpu", "fuzz", "model", "proxy"]
     # and the bootstrap installs each from its lock, with hashes required
     bootstrap = (ROOT / "src" / "vllm_mms" / "bootstrap.py").read_text()
     assert '"--require-hashes"' in bootstrap

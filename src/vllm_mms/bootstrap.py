@@ -9,6 +9,7 @@ clone (CI) reuses what an earlier run built:
   tools   requirements/dev.txt    the CLI, the LiteLLM proxy, the test tools
   engine  requirements/engine-cpu.txt   vLLM's CPU build (local mode only)
   cluster requirements/cluster.txt      Ray, for the two-node cluster check (tests only)
+  fuzz    requirements/fuzz.txt         Schemathesis, for the spec fuzzing (tests only)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from .paths import ROOT, cache_dir
 from .progress import Spinner
 
 LOCKS = {"tools": "requirements/dev.txt", "engine": "requirements/engine-cpu.txt",
-         "cluster": "requirements/cluster.txt"}
+         "cluster": "requirements/cluster.txt", "fuzz": "requirements/fuzz.txt"}
 
 
 def env_dir(name: str) -> Path:

@@ -19,7 +19,7 @@ from typing import Any, Callable, NoReturn, Optional
 
 from . import environment, paths
 from .config import schema
-from .config.resolve import Project, resolve
+from .config.resolve import Project, global_settings, resolve
 from .engine import fit, serve
 from .errors import UserError
 from .stack import compose, replicas
@@ -157,8 +157,34 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 def cmd_local(args: argparse.Namespace) -> int:
     from .stack import local
 
-    return local.start_local(project(), args.model or environment.DEFAULT_LOCAL_MODEL, detach=args.detach,
-                             force=args.force, environ=settings_environ(args))
+    environ = settings_environ(args)
+    names = args.model or served_models(environ, "MODELS") or [environment.DEFAULT_LOCAL_MODEL]
+    on_demand = model_list(args.on_demand) if args.on_demand else \
+        served_models(environ, "ON_DEMAND_MODELS")
+    return local.start_local(project(), names, detach=args.detach, force=args.force,
+                             environ=environ, on_demand=on_demand)
+
+
+def model_list(value: str) -> list[str]:
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def served_models(environ: dict[str, str], setting: str) -> list[str]:
+    """MODELS or ON_DEMAND_MODELS (vars.env or the environment), comma-separated."""
+    value = getattr(global_settings(project(), environ), setting)
+    return model_list(value) if value else []
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from .ops import loads
+
+    return loads.load(args.model)
+
+
+def cmd_unload(args: argparse.Namespace) -> int:
+    from .ops import loads
+
+    return loads.unload(args.model)
 
 
 def cmd_supervise(args: argparse.Namespace) -> int:
@@ -252,6 +278,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return status.status(running_compose() if Stack.load() is None else [])
 
 
+def cmd_ps(args: argparse.Namespace) -> int:
+    from .ops import status
+
+    return status.ps(running_compose() if Stack.load() is None else [])
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from .ops import status
 
@@ -294,7 +326,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
     on_the_database(args)
     return keys.create(args.name, rpm=args.rpm, tpm=args.tpm, max_parallel=args.max_parallel,
-                       tokens_per_day=args.tokens_per_day, models=args.models)
+                       tokens_per_day=args.tokens_per_day, models=args.models,
+                       priority=args.priority)
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
@@ -370,6 +403,7 @@ class Arg:
     shown: str = ""             # its value in the usage: NAME, N, DIR ...
     switch: bool = False        # an option that takes no value
     optional: bool = False      # a positional that may be left out
+    many: bool = False          # a positional that may be given several times (or none)
     type: Optional[Callable[[str], Any]] = None
     choices: Optional[tuple[str, ...]] = None
     default: Any = None
@@ -387,6 +421,8 @@ class Arg:
     def usage(self) -> str:
         value = self.shown or "|".join(self.choices or ())
         if not self.is_option:
+            if self.many:
+                return f"[{value} ...]"
             return f"[{value}]" if self.optional else value
         return f"[{self.names[0]}{' ' + value if value and not self.switch else ''}]"
 
@@ -539,7 +575,8 @@ def add_arguments(parser: argparse.ArgumentParser, args: tuple[Arg, ...]) -> Non
             parser.add_argument(*arg.names, type=arg.type, choices=arg.choices,
                                 default=arg.default)
         else:
-            parser.add_argument(arg.names[0], nargs="?" if arg.optional else None,
+            parser.add_argument(arg.names[0],
+                                nargs="*" if arg.many else "?" if arg.optional else None,
                                 type=arg.type, choices=arg.choices, default=arg.default)
 
 
@@ -619,10 +656,19 @@ COMMANDS: tuple[Command, ...] = (
             help=(f"start NAME with docker compose (default {environment.DEFAULT_COMPOSE_MODEL});",
                   "--metrics adds Prometheus + Grafana; --replicas N runs",
                   "N engines behind the proxy (REPLICA_GPUS: one GPU each)")),
-    Command("local", cmd_local, args=(positional("model", optional=True), DETACH, FORCE, REPLICAS),
+    Command("local", cmd_local, args=(positional("model", many=True), DETACH, FORCE, REPLICAS,
+                                      option("--on-demand", shown="a,b")),
             usage=("./runMe.sh --local {args}",),
             help=("start NAME on this machine: CPU, no Docker",
-                  f"(default {environment.DEFAULT_LOCAL_MODEL}; ports: LITELLM_PORT, VLLM_PORT)")),
+                  f"(default {environment.DEFAULT_LOCAL_MODEL}; ports: LITELLM_PORT, VLLM_PORT);",
+                  "several NAMEs (or MODELS=a,b): all at once, one engine",
+                  "each, memory shares from fit; --on-demand a,b (or",
+                  "ON_DEMAND_MODELS): loaded when a request names one,",
+                  "unloaded when idle (ON_DEMAND_TTL)")),
+    Command("load", cmd_load, args=(positional("model"),),
+            help=("load an on-demand model now (progress shown)",)),
+    Command("unload", cmd_unload, args=(positional("model"),),
+            help=("unload an on-demand model now",)),
     Command("down", cmd_down, help=("stop what runs (compose and local mode)",)),
     Command("pull", cmd_pull, args=(positional("model"),),
             help=("download NAME's weights into the Hugging Face cache",
@@ -648,6 +694,9 @@ COMMANDS: tuple[Command, ...] = (
                   "the old one keeps serving if NAME fails")),
     Command("status", cmd_status, on_bad_args=refuse("status takes no arguments"),
             help=("services, health, uptime, engine queue and KV-cache use",)),
+    Command("ps", cmd_ps, on_bad_args=refuse("ps takes no arguments"),
+            help=("each model: state, engine, memory share, requests",
+                  "running and waiting")),
     Command("doctor", cmd_doctor, help=("check everything, one line each, with the fix",)),
     # The service is checked by `logs` itself, which names the valid ones.
     Command("logs", cmd_logs, args=(positional("service", shown="engine|proxy|db", optional=True),
@@ -673,7 +722,8 @@ COMMANDS: tuple[Command, ...] = (
             positional("name"), option("--rpm", shown="N", type=int),
             option("--tpm", shown="N", type=int), option("--max-parallel", shown="N", type=int),
             option("--tokens-per-day", shown="N", type=int),
-            option("--models", shown="a,b", type=key_models))),
+            option("--models", shown="a,b", type=key_models),
+            option("--priority", shown="N", type=int))),
         Command("list", cmd_keys_list, usage=()),  # in revoke's line
         Command("revoke", cmd_keys_revoke, args=(positional("name"),),
                 usage=("./runMe.sh keys list | keys revoke {name}",)))),
@@ -686,9 +736,10 @@ COMMANDS: tuple[Command, ...] = (
     Command("bench", cmd_bench, parse="none", args=(
         option("--target", choices=("stub", "model", "both")),
         option("--concurrency", shown="1,8,32"), option("--rounds", shown="N"),
-        switch("--smoke")),
-            help=("the proxy's cost: tokens/s and latency direct to the",
-                  "engine vs through the proxy (docs/benchmarks.md)")),
+        switch("--smoke"), switch("--no-levers"), option("--redis", shown="URL")),
+            help=("the proxy's cost: latency and tokens/s direct to the",
+                  "engine vs through our proxy vs stock LiteLLM, and each",
+                  "lever's effect (docs/benchmarks.md)")),
     Command("schema", cmd_schema, usage=("./runMe.sh schema | docs",),
             help=("print the model-file JSON Schema | regenerate",
                   "CONFIGURATION.md and this list in README.md")),

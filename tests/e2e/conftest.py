@@ -3,17 +3,19 @@ through ./runMe.sh on free ports), and LiteLLM proxies in front of a recording u
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import httpx
 import pytest
 
+from vllm_mms import environment
 from vllm_mms.config.resolve import Project, resolve
 from vllm_mms.stack import local, processes
 from vllm_mms.stack.render import render
@@ -73,8 +75,10 @@ class Stack:
 
 def start_stack(base: Path, model: str = "smollm2-135m-cpu",
                 extra_models: dict[str, str] | None = None,
-                extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> Stack:
-    """./runMe.sh --local -d [args] on free ports, in its own state directory and project copy."""
+                extra_env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+                beside: tuple[str, ...] = ()) -> Stack:
+    """./runMe.sh --local MODEL [BESIDE ...] -d [args] on free ports, in its own state
+    directory and project copy."""
     project = copy_project(base / "project")
     for name, text in (extra_models or {}).items():
         (project / "models" / f"{name}.yml").write_text(text)
@@ -88,7 +92,7 @@ def start_stack(base: Path, model: str = "smollm2-135m-cpu",
                 "LITELLM_PORT": str(proxy_port), "VLLM_PORT": str(engine_port),
                 **(extra_env or {})})
     started = time.monotonic()
-    proc = subprocess.run([str(ROOT / "runMe.sh"), "--local", model, "-d", *args], env=env,
+    proc = subprocess.run([str(ROOT / "runMe.sh"), "--local", model, *beside, "-d", *args], env=env,
                           capture_output=True, text=True, timeout=900)
     cold = time.monotonic() - started
     if proc.returncode != 0:
@@ -114,7 +118,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
 @dataclass
 class RecordingProxy:
     base_url: str
-    upstream: RecordingUpstream
+    upstream: Any  # RecordingUpstream, ScriptedEngine
     key: str
     log: Path
     proc: subprocess.Popen | None = None
@@ -142,31 +146,97 @@ litellm:
 """
 
 
+def redis_reachable(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> str:
+    """The test Redis (MMS_TEST_REDIS_URL); required under CI=true, else a skip."""
+    url = environment.get("MMS_TEST_REDIS_URL")
+    if not redis_reachable(url):
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis is required in CI and unreachable at {url}")
+        pytest.skip(f"Redis unreachable at {url} (set MMS_TEST_REDIS_URL)")
+    return url
+
+
+def several_workers(vars_env: str, workers: int, redis_url: str) -> str:
+    """MMS_TEST_PROXY_WORKERS > 1: the proxy runs that many workers, which need a shared
+    Redis for their limits; one without PROXY_REDIS_URL gets the test Redis, in a database
+    of its own (a fresh one per proxy: counters of one test never meet another's)."""
+    if workers <= 1:
+        return vars_env
+    if "PROXY_REDIS_URL=" not in vars_env:
+        vars_env += f"PROXY_REDIS_URL={fresh_redis_db(redis_url)}\n"
+    return vars_env + f"PROXY_WORKERS={workers}\n"
+
+
+_redis_dbs = itertools.cycle(range(1, 16))
+
+
+def fresh_redis_db(url: str) -> str:
+    """The test Redis URL on the next database number (1-15, in turn), flushed: proxies
+    started one after the other never share counters."""
+    import redis
+
+    base = url.rsplit("/", 1)[0] if url.count("/") > 2 else url
+    db_url = f"{base}/{next(_redis_dbs)}"
+    redis.Redis.from_url(db_url).flushdb()
+    return db_url
+
+
 @pytest.fixture(scope="session")
 def recording_proxy_factory(tmp_path_factory):
-    """Start a real LiteLLM proxy (our config + hooks) in front of a recording upstream."""
+    """Start a real LiteLLM proxy (our config + hooks) in front of a recording upstream;
+    with MMS_TEST_PROXY_WORKERS > 1, several workers sharing their limits through Redis."""
     started: list[tuple[subprocess.Popen, RecordingUpstream]] = []
+    redis_url = environment.get("MMS_TEST_REDIS_URL")
+    workers = environment.get("MMS_TEST_PROXY_WORKERS")
 
     def start(litellm_section: str, vars_env: str = "", env: dict[str, str] | None = None,
               master_key: str = MASTER_KEY) -> RecordingProxy:
-        base = tmp_path_factory.mktemp("recording")
-        project = copy_project(base / "project")
-        (project / "models" / "recorder.yml").write_text(RECORDING_MODEL % litellm_section)
-        (project / "vars.env").write_text(vars_env)
+        vars_env = several_workers(vars_env, workers, redis_url)
         upstream = RecordingUpstream().__enter__()
-        resolved = resolve(Project(project), "recorder", environ={"LITELLM_MASTER_KEY": master_key})
-        generated = base / "generated"
-        render(Project(project), resolved, generated,
-               api_base=f"http://127.0.0.1:{upstream.port}/v1")
-        port = free_port()
-        env = {"MMS_STATE_DIR": str(base / "state"), **(env or {})}
-        proc = local.proxy_process(resolved, generated, "sk-upstream-key", base / "logs", port, env)
-        started.append((proc, upstream))
-        wait_for(f"http://127.0.0.1:{port}/health/liveliness", 120, proc)
-        return RecordingProxy(f"http://127.0.0.1:{port}", upstream, master_key,
-                              base / "logs" / "proxy.log", proc)
+        started.append(upstream)
+        return start_proxy(tmp_path_factory.mktemp("recording"), "recorder", upstream, started,
+                           {"recorder": RECORDING_MODEL % litellm_section}, vars_env, env,
+                           master_key)
 
     yield start
-    for proc, upstream in started:
-        processes.terminate([proc.pid], grace=5)
-        upstream.__exit__(None, None, None)
+    stop_proxies(started)
+
+
+def start_proxy(base: Path, model: str, upstream, started: list, model_files: dict[str, str],
+                vars_env: str = "", env: dict[str, str] | None = None,
+                master_key: str = MASTER_KEY) -> RecordingProxy:
+    """A real LiteLLM proxy (our config and hooks, rendered for catalog model `model`, or one
+    in `model_files`) in front of `upstream` (anything with a `port`)."""
+    project = copy_project(base / "project")
+    for name, text in model_files.items():
+        (project / "models" / f"{name}.yml").write_text(text)
+    (project / "vars.env").write_text(vars_env)
+    resolved = resolve(Project(project), model, environ={"LITELLM_MASTER_KEY": master_key})
+    generated = base / "generated"
+    render(Project(project), resolved, generated, api_base=f"http://127.0.0.1:{upstream.port}/v1")
+    port = free_port()
+    env = {"MMS_STATE_DIR": str(base / "state"), **(env or {})}
+    proc = local.proxy_process(resolved, generated, "sk-upstream-key", base / "logs", port, env)
+    started.append(proc)
+    wait_for(f"http://127.0.0.1:{port}/health/liveliness", 120, proc)
+    return RecordingProxy(f"http://127.0.0.1:{port}", upstream, master_key,
+                          base / "logs" / "proxy.log", proc)
+
+
+def stop_proxies(started: list) -> None:
+    """Stop what start_proxy started: proxy processes and upstreams (context managers)."""
+    for item in started:
+        if isinstance(item, subprocess.Popen):
+            processes.terminate([item.pid], grace=5)
+        else:
+            item.__exit__(None, None, None)

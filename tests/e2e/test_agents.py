@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -46,8 +47,9 @@ def agent_stack(tmp_path_factory):
     stop_stack(running)
 
 
-def proxy_statuses(stack, since: int) -> list[int]:
-    text = (stack.log_dir / "proxy.log").read_text(errors="replace")[since:]
+def proxy_statuses(log: Path, since: int) -> list[int]:
+    """The HTTP statuses the proxy logged after offset `since` of its log."""
+    text = log.read_text(errors="replace")[since:]
     return [int(code) for code in re.findall(r'"(?:POST|GET) [^"]*" (\d{3})', text)]
 
 
@@ -68,7 +70,7 @@ def test_agent_answers_through_the_proxy(agent_stack, client, args, tmp_path):
     assert answer, output
     assert "API Error" not in output and "error:" not in output.lower().replace(
         "error_reporting", ""), output
-    statuses = proxy_statuses(agent_stack, log_offset)
+    statuses = proxy_statuses(agent_stack.log_dir / "proxy.log", log_offset)
     assert statuses and all(code < 400 for code in statuses), statuses
     assert not list(tmp_path.glob(".claude*")) and not list(tmp_path.glob(".codex*"))
 

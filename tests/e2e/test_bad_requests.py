@@ -28,9 +28,26 @@ CASES = [
     ("json-string-body", "POST", CHAT, b'"hello"', 400),
     ("messages-not-a-list", "POST", CHAT, {"model": MODEL, "messages": "hi"}, 400),
     ("messages-empty", "POST", CHAT, {"model": MODEL, "messages": []}, 400),
-    # Answered where the engine has a sensible reading (role defaults to user; the
+    # As OpenAI answers them (vllm_mms.proxy.shapes; the engine would take them at face value)
+    ("message-without-role", "POST", CHAT, {"model": MODEL, "messages": [{"content": "x"}]}, 400),
+    ("message-role-unknown", "POST", CHAT,
+     {"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, 400),
+    ("user-content-null", "POST", CHAT,
+     {"model": MODEL, "messages": [{"role": "user", "content": None}]}, 400),
+    ("n-above-the-models-cap", "POST", CHAT, ok_body(n=1000), 400),
+    # LiteLLM answered these with a 500 (found by tests/e2e/test_spec_fuzz.py)
+    ("web-search-options-a-list", "POST", CHAT, ok_body(web_search_options=[None, None]), 400),
+    ("completions-prompt-null", "POST", "/v1/completions",
+     {"model": MODEL, "prompt": None, "max_tokens": 2}, 400),
+    ("embeddings-input-empty-list", "POST", "/v1/embeddings",
+     {"model": "text-embedding-3-small", "input": [[]]}, 400),
+    # An engine 404 must not cool the engine down (the canary after it must get through)
+    ("stored-response-unknown", "GET", "/v1/responses/resp_unknown", None, 400),
+    # (the hook refuses it now: "... is a chat model, it makes no embeddings")
+    ("embeddings-on-a-chat-model", "POST", "/v1/embeddings", {"model": MODEL, "input": "x"}, 400),
+    ("files-not-served", "GET", "/v1/files", None, 404),
+    # Answered where the engine has a sensible reading (the
     # Anthropic route fills in max_tokens; an unknown forced tool is answered in text).
-    ("message-without-role", "POST", CHAT, {"model": MODEL, "messages": [{"content": "x"}]}, 200),
     ("unknown-model", "POST", CHAT, {**ok_body(), "model": "no-such-model"}, 400),
     ("model-not-a-string", "POST", CHAT, {**ok_body(), "model": 42}, 400),
     ("path-trick-model", "POST", CHAT, {**ok_body(), "model": "../../etc/passwd"}, 400),
@@ -56,6 +73,23 @@ CASES = [
      {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}, 200),
     ("messages-api-invalid-json", "POST", "/v1/messages", b"{", 400),
     ("responses-api-bad-input", "POST", "/v1/responses", {"model": MODEL, "input": 17}, 400),
+    # found by the spec fuzzer: LiteLLM's token count answered both with a 500
+    ("count-tokens-system-numbers", "POST", "/v1/messages/count_tokens",
+     {"model": MODEL, "system": [-1.4e-45], "messages": [{"role": "user", "content": "Hi"}]}, 400),
+    ("count-tokens-model-number", "POST", "/v1/messages/count_tokens",
+     {"model": -2.00001, "messages": [{"role": "user", "content": "Hi"}]}, 400),
+    ("count-tokens-citations-numbers", "POST", "/v1/messages/count_tokens",
+     {"model": MODEL, "system": [{"type": "text", "text": "s", "citations": [1.5]}],
+      "messages": [{"role": "user", "content": "Hi"}]}, 400),
+    ("messages-tool-type-an-object", "POST", "/v1/messages",
+     {"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}],
+      "tools": [{"name": "tool_search_tool_regex", "type": {}}]}, 400),
+    ("count-tokens-document-title-number", "POST", "/v1/messages/count_tokens",
+     {"model": MODEL, "messages": [{"role": "user", "content": [
+         {"type": "document", "title": 1.5, "source": {"type": "text", "data": "d"}}]}]}, 400),
+    ("count-tokens-tool-property-number", "POST", "/v1/messages/count_tokens",
+     {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
+      "tools": [{"name": "t", "input_schema": {"type": "object", "properties": {"a": 1}}}]}, 400),
 ]
 
 

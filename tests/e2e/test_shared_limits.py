@@ -6,7 +6,6 @@ each proxy count alone: the same traffic passes twice the limit, so the test can
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import secrets
 import time
 
@@ -15,26 +14,6 @@ import pytest
 from vllm_mms import environment
 
 from .conftest import free_port
-
-REDIS_URL = environment.get("MMS_TEST_REDIS_URL")
-
-
-def redis_reachable() -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping())
-    except redis.RedisError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> str:
-    if not redis_reachable():
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis is required in CI and unreachable at {REDIS_URL}")
-        pytest.skip(f"Redis unreachable at {REDIS_URL} (set MMS_TEST_REDIS_URL)")
-    return REDIS_URL
 
 
 def pair(factory, section: str, redis_url: str | None):
@@ -90,6 +69,9 @@ def test_parallel_requests_count_across_two_proxies(recording_proxy_factory, red
         proxy.stop()
 
 
+@pytest.mark.skipif(environment.get("MMS_TEST_PROXY_WORKERS") > 1,
+                    reason="with several workers and Redis down each worker counts alone: "
+                           "which of them a request reaches decides its status")
 def test_redis_down_each_proxy_keeps_serving_and_counts_alone(recording_proxy_factory):
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     proxy = recording_proxy_factory("  rpm: 4\n", vars_env=f"PROXY_REDIS_URL={dead}\n",

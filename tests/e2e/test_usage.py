@@ -177,6 +177,9 @@ def test_database_outage_under_steady_load_loses_nothing_within_the_bound(
     assert "usage database unavailable" in log and "usage database back after" in log
 
 
+@pytest.mark.skipif(environment.get("MMS_TEST_PROXY_WORKERS") > 1,
+                    reason="the queue bound is per worker: how many rows survive depends on "
+                           "how the requests spread over the workers")
 def test_queue_overflow_is_counted_and_logged(recording_proxy_factory, own_postgres_url):
     postgres_url = own_postgres_url
     cut, via_cut = cuttable(postgres_url)

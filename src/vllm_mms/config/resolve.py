@@ -68,6 +68,11 @@ class Resolved:
         return self.settings.REPLICAS
 
     @property
+    def proxy_workers(self) -> int:
+        """PROXY_WORKERS, or derived from the cores this process may use."""
+        return schema.proxy_workers(self.settings, len(os.sched_getaffinity(0)))
+
+    @property
     def model_names(self) -> list[str]:
         names = [self.name, SERVED_MODEL_NAME, *self.model.aliases]
         return list(dict.fromkeys(names))

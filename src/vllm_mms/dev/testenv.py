@@ -1,7 +1,7 @@
 """`./runMe.sh test`: install what the tests need (cached), then run pytest.
 
 Installs, each once: the engine environment (vLLM CPU build), the cluster environment
-(Ray), the converted model, the pinned agent CLIs (npm), Debian's docker-compose (a real
+(Ray), the fuzz environment (Schemathesis), the converted model, the pinned agent CLIs (npm), Debian's docker-compose (a real
 compose parser for the static checks; needs root + apt), and for the Compose suite a Docker
 engine with stand-ins for the public base images (vllm_mms.dev.standins).
 """
@@ -54,6 +54,7 @@ def ensure_compose_suite(pytest_args: list[str]) -> None:
 def run_tests(pytest_args: list[str]) -> int:
     engine_python = bootstrap.ensure_env("engine")
     cluster_python = bootstrap.ensure_env("cluster")
+    fuzz_python = bootstrap.ensure_env("fuzz")
     ensure_weights(engine_python)
     ensure_docker_compose()
     ensure_compose_suite(pytest_args)
@@ -61,7 +62,8 @@ def run_tests(pytest_args: list[str]) -> int:
 
     install_clients()
     argv = [sys.executable, "-m", "pytest", *pytest_args]
-    env = {**os.environ, "MMS_CLUSTER_PYTHON": str(cluster_python)}
+    env = {**os.environ, "MMS_CLUSTER_PYTHON": str(cluster_python),
+           "MMS_FUZZ_PYTHON": str(fuzz_python)}
     os.chdir(paths.ROOT)
     os.execve(sys.executable, argv, env)
     return 0  # not reached

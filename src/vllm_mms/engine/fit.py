@@ -22,7 +22,7 @@ How vLLM uses memory (and so what is compared):
   and 101 GiB available (SPARK_AVAILABLE); a given --gpu-memory on unified memory assumes the
   same ~20.7 GiB in use by the OS as on a headless Spark. MMS_MEMINFO points the
   /proc/meminfo reader elsewhere (tests).
-- CPU build: `gpu-memory-utilization` x one NUMA node's memory is what the engine process
+- CPU build: `gpu-memory-utilization` x NUMA node 0's MemTotal is what the engine process
   may hold in all; the KV cache gets that minus what the process already holds (weights and
   runtime), and vLLM refuses to start when that is not positive (vllm/v1/worker/cpu_worker.py).
 """
@@ -166,7 +166,7 @@ def model_shape(resolved: Resolved, model_id: str, weights: Optional[Path]) -> S
     if weights is None and resolved.model.local_weights:
         from .prepare_model import weights_dir
 
-        weights = weights_dir()  # the prepared checkpoint, if it is there yet
+        weights = weights_dir(resolved.model.local_weights)  # prepared, if it is there yet
     checkpoint = find_checkpoint(model_id, weights)
     shape: Optional[Shape] = None
     if checkpoint is not None:
@@ -244,6 +244,21 @@ def numa_nodes() -> int:
     return max(1, len(nodes))
 
 
+def cpu_node_memory(total: float) -> float:
+    """What vLLM's CPU worker multiplies --gpu-memory-utilization by: NUMA node 0's MemTotal
+    (vllm/utils/cpu_resource_utils.py, get_memory_node_info), which need not be the machine's
+    total over the node count (here: 15.0 GiB on node 0 of 23.5 GiB); MMS_NODE_MEMINFO points
+    at another file in /sys's format. Without one: `total` over the nodes."""
+    try:
+        for line in environment.get("MMS_NODE_MEMINFO").read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 4 and parts[2] == "MemTotal:":
+                return float(int(parts[3]) * 1024)
+    except (OSError, ValueError):
+        pass
+    return total / numa_nodes()
+
+
 def nvidia_smi_gpus() -> Optional[Memory]:
     """nvidia-smi's view. GB10 reports no memory of its own ([N/A]): unified with the CPU."""
     if not shutil.which("nvidia-smi"):
@@ -281,8 +296,9 @@ def machine_memory(resolved: Resolved, given: Optional[float], nodes: int,
     if resolved.model.local_weights:
         info = meminfo()
         total = info.get("MemTotal", 0)
-        return Memory(f"CPU: {total / GiB:.1f} GiB RAM in {numa_nodes()} NUMA node(s) (detected)",
-                      total / numa_nodes(), 1, True, cpu=True,
+        node = cpu_node_memory(total)
+        return Memory(f"CPU: {total / GiB:.1f} GiB RAM in {numa_nodes()} NUMA node(s), "
+                      f"{node / GiB:.1f} GiB on node 0 (detected)", node, 1, True, cpu=True,
                       available=float(info.get("MemAvailable", total)))
     detected = (gpus or detect_gpus)()
     if given is not None:
@@ -505,7 +521,7 @@ class Verdict:
         ]
         if memory.cpu:
             lines.append(f"  KV space  {_gib(est.budget - est.weights - est.overhead)}  "
-                         f"gpu-memory-utilization {plan.gpu_memory_utilization} x one NUMA node")
+                         f"gpu-memory-utilization {plan.gpu_memory_utilization} x NUMA node 0")
         else:
             lines.append(f"  budget    {_gib(est.budget)}  gpu-memory-utilization "
                          f"{plan.gpu_memory_utilization} x {min(plan.parallel, memory.devices)} GPU(s)"
@@ -593,3 +609,103 @@ def preflight(resolved: Resolved, force: bool, weights: Optional[Path] = None,
     raise UserError(f"{resolved.name} does not fit this machine{shared}:\n{report}\n"
                     f"start anyway with --force; try other settings with ./runMe.sh fit "
                     f"{resolved.name} [--max-model-len N] [--max-num-seqs N] [--gpu-memory SIZE]")
+
+
+# ----------------------------------------------------------------------------- several models
+
+SHARE_STEP = 0.01  # shares are whole hundredths of the memory, rounded up
+
+
+@dataclass
+class SetPlan:
+    """Several models at once, each its own engine on the same memory: the share
+    (--gpu-memory-utilization) each gets — what it needs for max-num-seqs sequences at full
+    context, never more than its own command asks, never less than one full sequence — and
+    whether the shares add up to no more than the memory the machine has free."""
+
+    names: list[str]
+    needs: list[float]           # bytes each model's engine needs at its share
+    shares: list[float]          # --gpu-memory-utilization per engine
+    per_device: float            # what a share is a fraction of
+    available: float             # bytes the engines may take together
+    available_source: str
+    single: list[Verdict]        # each model alone (fits or not at its share)
+    resident: int = 0            # the first `resident` run at once, the others on demand
+
+    @property
+    def total(self) -> float:
+        """The resident models together, plus the largest on-demand one (they load one at a
+        time when memory is short: an idle one is unloaded for another)."""
+        count = self.resident or len(self.needs)
+        return sum(self.needs[:count]) + max(self.needs[count:], default=0.0)
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.available and all(v.fits for v in self.single)
+
+    @property
+    def line(self) -> str:
+        count = self.resident or len(self.needs)
+        needs = " + ".join(f"{n / GiB:.1f}" for n in self.needs[:count])
+        shares = " + ".join(f"{s:.2f}" for s in self.shares[:count])
+        if count < len(self.needs):
+            largest = max(range(count, len(self.needs)), key=lambda i: self.needs[i])
+            needs += f" + {self.needs[largest] / GiB:.1f} (largest on demand)"
+            shares += f" + {self.shares[largest]:.2f}"
+        return (f"{', '.join(self.names)}: {needs} = {self.total / GiB:.1f} GiB (shares "
+                f"{shares} of {self.per_device / GiB:.1f} GiB), {self.available / GiB:.1f} GiB "
+                f"available ({self.available_source})")
+
+
+def _rounded_share(needed: float, per_device: float) -> float:
+    return math.ceil(needed / per_device / SHARE_STEP - 1e-9) * SHARE_STEP
+
+
+def plan_set(models: list[Resolved], weights: Callable[[Resolved], Optional[Path]],
+             gpus: Optional[GpuProbe] = None, on_demand: int = 0) -> SetPlan:
+    """The shares of `models` served at once (see SetPlan); `weights`: each model's local
+    checkpoint, if it has one; the last `on_demand` models load on demand."""
+    shares, needs, single = [], [], []
+    memory: Optional[Memory] = None
+    for resolved in models:
+        shape = model_shape(resolved, resolved.hf_model, weights(resolved))
+        plan = plan_from_command(resolved, None, None, None)
+        memory = machine_memory(resolved, None, 1, gpus)
+        per_device = memory.per_device * min(plan.parallel, memory.devices)
+        alone = estimate(shape, plan, memory)
+        least = _rounded_share(alone.weights + alone.overhead + alone.kv_one, per_device)
+        wanted = _rounded_share(alone.weights + alone.overhead + alone.kv_all, per_device)
+        share = round(max(least, min(plan.gpu_memory_utilization, wanted)), 2)
+        shares.append(share)
+        needs.append(share * per_device)
+        single.append(check(resolved, weights=weights(resolved), utilization=share, gpus=gpus))
+    assert memory is not None
+    if memory.cpu or not memory.unified:
+        available = memory.available if memory.available is not None else 0.95 * memory.per_device
+        source = ("MemAvailable" if memory.available is not None
+                  else "0.95 of the GPU's memory")
+    else:
+        available = (max_free_utilization(memory) or 0.0) * memory.per_device
+        source = f"free at start, less a {FREE_MARGIN:g} margin"
+        if memory.available_source:
+            source += f"; {memory.available_source}"
+    return SetPlan([m.name for m in models], needs, shares,
+                   memory.per_device, available, source, single, len(models) - on_demand)
+
+
+def preflight_set(models: list[Resolved], force: bool,
+                  weights: Callable[[Resolved], Optional[Path]], on_demand: int = 0) -> SetPlan:
+    """Before starting several models (the last `on_demand` of them loaded on demand): the
+    plan with each one's share (--gpu-memory-utilization), or a refusal in one line naming
+    the models and the numbers."""
+    plan = plan_set(models, weights, on_demand=on_demand)
+    if plan.fits:
+        return plan
+    alone = [v for v in plan.single if not v.fits]
+    reason = (f"{alone[0].name} does not fit in its share: {alone[0].summary}" if alone
+              else "they do not fit together")
+    if force:
+        print(f"{reason}: {plan.line}\n--force: starting anyway", flush=True)
+        return plan
+    raise UserError(f"{reason}: {plan.line}; start anyway with --force, or run fewer models "
+                    f"(./runMe.sh fit NAME shows one)")

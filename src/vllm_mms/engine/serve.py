@@ -38,15 +38,17 @@ def strip_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
 
 
 def engine_argv(resolved: Resolved, *, host: str, port: int, cpu_python: Optional[str] = None,
-                weights: Optional[Path] = None, sharing: int = 1) -> list[str]:
+                weights: Optional[Path] = None, sharing: int = 1,
+                utilization: Optional[float] = None) -> list[str]:
     """`cpu_python` set: run vLLM's API server module with that interpreter (the CPU build's
     `vllm` console script is broken). `weights` set: serve that local checkpoint.
-    `sharing` replicas on the same device(s): each gets that share of the memory."""
+    `sharing` replicas on the same device(s): each gets that share of the memory;
+    `utilization`: this engine's share when several models run at once (fit.plan_set)."""
     argv = resolved.argv
     model_id = str(weights) if weights is not None else argv[2]
     rest = strip_flags(argv[3:], DYNAMIC_FLAGS)
-    if sharing > 1:
-        share = shared_utilization(resolved, sharing)
+    if sharing > 1 or utilization is not None:
+        share = utilization if utilization is not None else shared_utilization(resolved, sharing)
         rest = strip_flags(rest, ("--gpu-memory-utilization",))
         rest += ["--gpu-memory-utilization", f"{share:g}"]
     head = [cpu_python, *CPU_API_SERVER, "--model", model_id] if cpu_python else ["vllm", "serve", model_id]
@@ -72,6 +74,11 @@ def flag_value(argv: list[str], *names: str) -> Optional[str]:
             if i + 1 < len(argv):
                 return argv[i + 1]
     return None
+
+
+def is_pooling(argv: list[str]) -> bool:
+    """An embedding (pooling) model: it answers /v1/embeddings, not chat."""
+    return flag_value(argv, "--runner") == "pooling"
 
 
 def gpu_count(argv: list[str]) -> int:

@@ -41,6 +41,7 @@ class Target:
     model: str
     context: Optional[int]
     max_output: Optional[int]
+    background: Optional[str] = None  # Claude Code's background slot, when another model runs
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -80,7 +81,29 @@ def discover(project: Project, model: Optional[str] = None) -> Target:
         raise UserError(f"the proxy does not serve {wanted!r}; it serves: {', '.join(entries)}")
     entry = entries[wanted]
     return Target(base_url=base, key=key, model=wanted, context=entry.get("max_input_tokens"),
-                  max_output=entry.get("max_output_tokens"))
+                  max_output=entry.get("max_output_tokens"),
+                  background=_background_model(project, wanted, entries))
+
+
+def _background_model(project: Project, main: str, entries: dict[str, dict]) -> Optional[str]:
+    """When the local stack serves several models: the smallest one (catalog weights_gb)
+    other than `main`, for Claude Code's background calls (titles, summaries, the haiku
+    slot), so they do not queue behind the main model's work. None: they stay on `main`."""
+    from ..config import schema
+    from ..engine import serve
+    from ..stack.state import Stack
+
+    stack = Stack.load()
+    if stack is None or len(stack.models) < 2:
+        return None
+    sizes = {}
+    for name in stack.models:
+        path = project.models_dir / f"{name}.yml"
+        if name != main and name in entries and path.exists():
+            model, argv = schema.read_model_file(path)
+            if not serve.is_pooling(argv):  # an embedding model cannot chat
+                sizes[name] = model.weights_gb or 0.0
+    return min(sizes, key=lambda n: (sizes[n], n)) if sizes else None
 
 
 def _running_model(entries: dict[str, dict]) -> str:
@@ -150,11 +173,13 @@ def client_setup(client: str, target: Target, config_dir: Path) -> tuple[dict[st
             "ANTHROPIC_AUTH_TOKEN": target.key,
             "ANTHROPIC_API_KEY": "",
             "ANTHROPIC_MODEL": target.model,
-            # Background calls (titles, summaries) use these ids: keep them on our model.
+            # Background calls (titles, summaries) use these ids: keep them on our models
+            # (the haiku slot on a smaller one when the stack serves several).
             "ANTHROPIC_DEFAULT_OPUS_MODEL": target.model,
             "ANTHROPIC_DEFAULT_SONNET_MODEL": target.model,
-            "ANTHROPIC_DEFAULT_HAIKU_MODEL": target.model,
-            "ANTHROPIC_SMALL_FAST_MODEL": target.model,
+            "ANTHROPIC_DEFAULT_HAIKU_MODEL": target.background or target.model,
+            "ANTHROPIC_SMALL_FAST_MODEL": target.background or target.model,
+            "CLAUDE_CODE_SUBAGENT_MODEL": target.model,  # its Task sub-agents
             "CLAUDE_CONFIG_DIR": str(config_dir),
             "DISABLE_TELEMETRY": "1",
             "DISABLE_ERROR_REPORTING": "1",
@@ -176,6 +201,8 @@ def client_setup(client: str, target: Target, config_dir: Path) -> tuple[dict[st
             f"model = {json.dumps(target.model)}",
             'model_provider = "mms"',
             *([f"model_context_window = {target.context}"] if target.context else []),
+            # OpenAI's hosted web search: no local model serves it (an error per turn)
+            'web_search = "disabled"',
             "",
             "[model_providers.mms]",
             'name = "vLLM Multi-Model Server"',

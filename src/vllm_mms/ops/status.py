@@ -80,7 +80,7 @@ def status_lines() -> list[str]:
         return []
     lines = [
         "mode:     local",
-        f"model:    {stack.model}",
+        f"model:    {', '.join(stack.models)}",
         f"uptime:   {_uptime(time.time() - stack.started)}",
     ]
     load: dict[str, float] = {}
@@ -101,6 +101,76 @@ def status_lines() -> list[str]:
     lines.append(f"{'proxy requests, last 5 min:':<28} {'?' if recent is None else recent}")
     lines.append(f"logs:     {stack.log_dir}")
     return lines
+
+
+PS_COLUMNS = ("MODEL", "STATE", "ENGINE", "PID", "MEMORY SHARE", "RUNNING", "WAITING",
+              "UNLOADS")
+
+
+def ps_rows(stack: Stack, probe=None, ttl: float = 300.0) -> list[tuple[str, ...]]:
+    """One row per engine: its model, its state (ready: answers its health check; loading:
+    its process runs but does not answer yet; down; an on-demand model: the supervisor's
+    state, idle when ready with nothing running), where it runs, its memory share (the
+    --gpu-memory-utilization fit gave it when several models run; else its command's), the
+    requests it runs and queues (its own metrics), and when it unloads (resident: never; on
+    demand: `ttl` seconds after its last request). Then a row per on-demand model not loaded."""
+    from ..proxy import board
+
+    probe = probe or (lambda port: engine_metrics(port, ENGINE_METRICS))
+    states = board.states() if stack.on_demand else {}
+    rows = []
+    for engine in stack.engines:
+        running = alive(engine.pid)
+        ready = running and http_ok(engine.health_url())
+        metrics = (probe(engine.port) or {}) if ready else {}
+        state = "ready" if ready else "loading" if running else "down"
+        share = f"{engine.share:.2f}" if engine.share else "its own"
+        running_now, waiting = (f"{metrics[name]:.0f}" if name in metrics else "-"
+                                for name in ("vllm:num_requests_running",
+                                             "vllm:num_requests_waiting"))
+        unloads = "never (resident)"
+        told = states.get(engine.model)
+        if stack.on_demand_of(engine.model) and told is not None:
+            state = told.state
+            if state == "ready" and (running_now, waiting) == ("0", "0"):
+                state = "idle"
+            last = max(board.last_used(engine.model) or 0.0, told.since)
+            unloads = time.strftime("%H:%M:%S", time.localtime(last + ttl)) \
+                if state in ("ready", "idle") else "-"
+        rows.append((stack.model_of(engine), state, f"{engine.name} :{engine.port}",
+                     str(engine.pid), share, running_now, waiting, unloads))
+    loaded = {s.model for s in stack.engines}
+    for wanted in stack.on_demand:
+        if wanted.model not in loaded:
+            told = states.get(wanted.model)
+            rows.append((wanted.model, told.state if told else "unloaded", "-", "-",
+                         f"{wanted.share:.2f}", "-", "-", "on demand"))
+    return rows
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()
+            for r in [header, *rows]]
+
+
+def ps(compose: list[str]) -> int:
+    """`./runMe.sh ps`: the models and their engines."""
+    stack = Stack.load()
+    if stack is not None:
+        ttl = 300.0
+        if stack.on_demand:
+            from .. import paths
+            from ..config.resolve import Project, global_settings
+
+            ttl = global_settings(Project(paths.project_dir())).ON_DEMAND_TTL
+        rows = ps_rows(stack, ttl=ttl)
+        print("\n".join(table(PS_COLUMNS, rows)))
+        return 0 if all(r[1] not in ("down", "failed") for r in rows) else 1
+    if compose:
+        return status(compose)
+    print("nothing is running (start with ./runMe.sh --local, or MODEL=NAME ./runMe.sh)")
+    return 1
 
 
 def status(compose: list[str]) -> int:

@@ -8,13 +8,17 @@
   prompt + output fit the context (vLLM rejects requests that don't; Claude Code asks for 32000);
   checks a key's model list (403); and queues one usage row per request (see usage.py).
 - Database keys (see store.py) are looked up by digest and cached briefly.
+- An on-demand model's request is held while the host's supervisor loads its engine
+  (hold_until_loaded, through the load board: board.py).
 
-The model's settings come from generated_configs/models.yml (MMS_MODELS_FILE), re-read when
-the file changes. No secret is logged: keys are compared as sha256 digests, in constant time.
+The models' settings come from generated_configs/models.yml (MMS_MODELS_FILE), re-read when
+the file changes: the first model's at its top, each other model served at once in
+`also_served`. No secret is logged: keys are compared as sha256 digests, in constant time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -36,6 +40,7 @@ from litellm.proxy._types import (
 )
 
 from .. import environment
+from . import shapes
 from .store import ApiKey, Store, hash_key, same_key
 from .usage_queue import UsageQueue, row_from_logging
 
@@ -64,6 +69,15 @@ class _ModelSettings:
             self._data = yaml.safe_load(self.path.read_text()) or {}
             self._mtime = mtime
         return self._data
+
+    def for_model(self, name: Any) -> dict[str, Any]:
+        """The settings of the served model that answers to `name` (the stack's first model
+        or one of `also_served`, when several run at once); {} for a name none answers to."""
+        first = self.get()
+        for settings in (first, *(first.get("also_served") or [])):
+            if settings and name in settings.get("model_names", []):
+                return settings
+        return {}
 
 
 MODEL_SETTINGS = _ModelSettings()
@@ -200,6 +214,7 @@ async def custom_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
         tpm_limit=found.tpm,
         max_parallel_requests=found.max_parallel or limits.get("max_parallel_requests"),
         models=found.allowed_models or [],
+        metadata={"mms_priority": found.priority} if found.priority is not None else {},
     )
 
 
@@ -249,6 +264,8 @@ def _prompt_text(data: dict[str, Any]) -> str:
 def _chat_form(data: dict[str, Any]) -> Optional[dict[str, Any]]:
     """The request as OpenAI chat messages and tools (Anthropic's system prompt and tool
     schemas converted), for the engine's chat-template token count. None for other shapes."""
+    if isinstance(data.get("input"), (str, list)) and "messages" not in data:
+        data = _responses_as_chat(data)
     if not isinstance(data.get("messages"), list):
         return None
     messages = list(data["messages"])
@@ -258,6 +275,12 @@ def _chat_form(data: dict[str, Any]) -> Optional[dict[str, Any]]:
         messages.insert(0, {"role": "system", "content": text})
     tools = []
     for tool in data.get("tools") or []:
+        if isinstance(tool, dict) and tool.get("type") == "function" and "name" in tool:
+            tool = {"type": "function", "function": {  # Responses shape
+                "name": tool["name"], "description": tool.get("description") or "",
+                "parameters": tool.get("parameters") or {}}}
+        elif isinstance(tool, dict) and tool.get("type") not in (None, "function"):
+            continue  # Responses' custom and hosted tools: LiteLLM's bridge sends them as text
         if isinstance(tool, dict) and "input_schema" in tool:  # Anthropic shape
             tool = {"type": "function", "function": {
                 "name": tool.get("name", ""), "description": tool.get("description", ""),
@@ -267,6 +290,35 @@ def _chat_form(data: dict[str, Any]) -> Optional[dict[str, Any]]:
     if tools:
         form["tools"] = tools
     return form
+
+
+def _without(value: Any, keys: tuple[str, ...]) -> Any:
+    """`value` without those keys in any of its objects (the item and part types, ids)."""
+    if isinstance(value, dict):
+        return {k: _without(v, keys) for k, v in value.items() if k not in keys}
+    if isinstance(value, list):
+        return [_without(v, keys) for v in value]
+    return value
+
+
+def _responses_as_chat(data: dict[str, Any]) -> dict[str, Any]:
+    """A Responses request as chat messages, close to what LiteLLM's chat bridge sends: the
+    instructions as the system prompt, each input item's text under its role (tool calls and
+    their outputs as the assistant's and the tool's)."""
+    items = data["input"] if isinstance(data["input"], list) else [
+        {"role": "user", "content": data["input"]}]
+    messages = []
+    if isinstance(data.get("instructions"), str):
+        messages.append({"role": "system", "content": data["instructions"]})
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        role = item.get("role") or ("tool" if str(item.get("type", "")).endswith("_output")
+                                     else "assistant")
+        text = "\n".join(_strings(_without(item, ("type", "role", "id", "call_id", "status"))))
+        messages.append({"role": role if role in ("system", "developer", "user", "assistant",
+                                                  "tool") else "user", "content": text})
+    return {**data, "messages": messages}
 
 
 async def count_prompt_tokens(data: dict[str, Any], settings: dict[str, Any]) -> Optional[int]:
@@ -333,38 +385,124 @@ def _store_factory() -> Store:
 USAGE = UsageQueue.from_environment(_store_factory)
 
 
+def set_priority(data: dict[str, Any], settings: dict[str, Any], key: UserAPIKeyAuth) -> None:
+    """The key's priority on the request (vLLM's `priority`: lower is served first), when the
+    engine schedules by priority (`--scheduling-policy priority` in the model's command);
+    a client's own value never counts (it could jump the queue), and an engine that schedules
+    first-come first-served refuses any priority but 0."""
+    data.pop("priority", None)
+    extra = data.get("extra_body") if isinstance(data.get("extra_body"), dict) else {}
+    extra.pop("priority", None)
+    if settings.get("priority_scheduling"):
+        # in extra_body: LiteLLM's router takes a top-level `priority` for its own queue
+        extra["priority"] = int((key.metadata or {}).get("mms_priority") or 0)
+    if extra:
+        data["extra_body"] = extra
+    else:
+        data.pop("extra_body", None)
+
+
 def _bad_request(message: str, param: str) -> ProxyException:
     return ProxyException(message=message, type=ProxyErrorTypes.bad_request_error, param=param,
                           code=400)
 
 
-def validate(data: dict[str, Any], call: str) -> None:
-    """What LiteLLM or our clamping would otherwise turn into a 500 or silently change."""
-    for field in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-        value = data.get(field)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise _bad_request(f"{field} must be a whole number of at least 1, not {value!r}", field)
-    if call in ("aresponses", "responses") and not isinstance(data.get("input"), (str, list)):
-        raise _bad_request("input must be a string or a list of input items", "input")
+def validate(data: dict[str, Any], call: str, max_n: int = shapes.DEFAULT_MAX_N) -> None:
+    """A request LiteLLM or the engine would turn into a 500 or take at face value: 400."""
+    found = shapes.problem(shapes.CALL_KINDS.get(call, ""), data, max_n)
+    if found:
+        raise _bad_request(*found)
+
+
+# ----------------------------------------------------------------------------- engine wire
+
+# Reasoning efforts vLLM 0.16 accepts (ChatCompletionRequest.reasoning_effort, vllm 0.16.0
+# vllm/entrypoints/openai/chat_completion/protocol.py:183); what clients send beyond them.
+EFFORTS = ("low", "medium", "high")
+EFFORT_FOR = {"minimal": "low", "xhigh": "high", "max": "high"}
+THINKING_OFF = ("none", "disabled")  # Claude Code's thinking off arrives as "none"
+
+
+def for_the_engine(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The chat request LiteLLM is about to send to vLLM, in what vLLM 0.16 reads:
+    - replayed thinking as `reasoning` on assistant messages: LiteLLM sends it as
+      `reasoning_content` (its Anthropic adapter, the Responses bridge, and OpenCode's own
+      messages), which vLLM 0.16 ignores (vllm 0.16.0 vllm/entrypoints/chat_utils.py:1476);
+    - `reasoning_effort` within low/medium/high, thinking off as the chat template's
+      `enable_thinking: false` (vLLM answers 400 to "none", "minimal", "xhigh").
+    A new dict with new messages: LiteLLM hands the hook a shallow copy of the client's."""
+    out = dict(kwargs)
+    messages = kwargs.get("messages")
+    if isinstance(messages, list):
+        out["messages"] = [_reasoning_renamed(m) for m in messages]
+    effort = kwargs.get("reasoning_effort")
+    if isinstance(effort, dict):  # the Responses form, {"effort": ..., "summary": ...}
+        effort = effort.get("effort")
+    if effort is None:
+        return out
+    out.pop("reasoning_effort")
+    if effort in THINKING_OFF:
+        out["chat_template_kwargs"] = {**(kwargs.get("chat_template_kwargs") or {}),
+                                       "enable_thinking": False}
+    elif EFFORT_FOR.get(effort, effort) in EFFORTS:
+        out["reasoning_effort"] = EFFORT_FOR.get(effort, effort)
+    else:
+        log.warning("mms: reasoning_effort %r is not one the engine knows; left out", effort)
+    return out
+
+
+def _reasoning_renamed(message: Any) -> Any:
+    if not isinstance(message, dict) or message.get("role") != "assistant" \
+            or "reasoning_content" not in message:
+        return message
+    message = dict(message)
+    replayed = message.pop("reasoning_content")
+    if isinstance(replayed, str) and replayed and not message.get("reasoning"):
+        message["reasoning"] = replayed
+    return message
+
+
+def _bound_for_the_engine(kwargs: dict[str, Any]) -> bool:
+    provider = kwargs.get("custom_llm_provider") or str(kwargs.get("model", "")).split("/")[0]
+    return provider == "hosted_vllm"
 
 
 class ProxyHandler(CustomLogger):
     async def async_pre_call_hook(self, user_api_key_dict: UserAPIKeyAuth, cache: Any,
                                   data: dict, call_type: Any) -> dict:
-        validate(data, str(getattr(call_type, "value", call_type)))
+        settings = MODEL_SETTINGS.for_model(data.get("model"))
+        ours = bool(settings)
+        call = str(getattr(call_type, "value", call_type))
+        validate(data, call, (settings.get("max_n") if ours else None) or shapes.DEFAULT_MAX_N)
         allowed = user_api_key_dict.models or []
         if allowed and data.get("model") not in allowed:
             raise ProxyException(
                 message=f"this key may not use the model {data.get('model')!r}",
                 type=ProxyErrorTypes.auth_error, param="model", code=403)
-        settings = MODEL_SETTINGS.get()
-        if not settings or data.get("model") not in settings.get("model_names", []):
+        set_priority(data, settings if ours else {}, user_api_key_dict)
+        if not ours:
             return data
-        call = str(getattr(call_type, "value", call_type))
+        if settings.get("on_demand"):
+            await hold_until_loaded(settings, MODEL_SETTINGS.get().get("loading") or {})
+        embedding_call = call in ("aembedding", "embedding")
+        if bool(settings.get("embedding")) != embedding_call:
+            raise _bad_request(
+                f"{data.get('model')} is an embedding model: send it to /v1/embeddings"
+                if settings.get("embedding") else
+                f"{data.get('model')} is a chat model, it makes no embeddings", "model")
+        if embedding_call:
+            return data  # no sampling and no output to cap
         apply_sampling(data, settings.get("sampling") or {})
         await clamp_max_tokens(data, settings, call)
         return data
 
+    async def async_pre_call_deployment_hook(self, kwargs: dict, call_type: Any) -> Any:
+        """Every path to the engine ends in one chat completion (Anthropic's messages through
+        LiteLLM's adapter, Responses through its chat bridge): fixed up here, translated."""
+        call = str(getattr(call_type, "value", call_type))
+        if call in ("acompletion", "completion") and _bound_for_the_engine(kwargs):
+            return for_the_engine(kwargs)
+        return None
 
     async def async_log_success_event(self, kwargs: dict, response_obj: Any, start_time: Any,
                                       end_time: Any) -> None:
@@ -378,6 +516,78 @@ class ProxyHandler(CustomLogger):
             status = status_of(exc)
             USAGE.add(row_from_logging(kwargs, response_obj, start_time, end_time, status,
                                        type(exc).__name__ if exc else "Error"))
+
+
+# ----------------------------------------------------------------------------- on demand
+
+HELD: dict[str, int] = {}   # requests this worker holds per loading model
+LOAD_POLL_S = 0.25
+LOAD_RETRY_AFTER_S = 30     # a failed load: when trying again makes sense
+
+
+def _unavailable(message: str, code: int = 503, retry_after: int = LOAD_RETRY_AFTER_S
+                 ) -> ProxyException:
+    return ProxyException(message=message, type="service_unavailable" if code == 503
+                          else ProxyErrorTypes.budget_exceeded, param="model", code=code,
+                          headers={"retry-after": str(retry_after)})
+
+
+async def _engine_ready(settings: dict[str, Any], state: Any) -> bool:
+    """The model's engine serves: the supervisor says ready and its /health answers."""
+    if state is None or state.state != "ready":
+        return False
+    url = str(settings.get("api_base", "")).removesuffix("/v1") + "/health"
+    try:
+        async with httpx.AsyncClient(timeout=2) as client:
+            return (await client.get(url)).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def hold_until_loaded(settings: dict[str, Any], limits: dict[str, Any]) -> None:
+    """A request for an on-demand model that is not loaded waits (is held) while the host's
+    supervisor loads it: asked for through the load board, which every held request for the
+    model shares (one load). Bounded: LOAD_QUEUE_PER_MODEL held requests per model (then
+    429) and LOAD_QUEUE_TOTAL in all (then 503); a load that fails or passes LOAD_TIMEOUT
+    answers every held request 503 with Retry-After."""
+    from . import board
+
+    model = str(settings["model"])
+    board.mark_used(model)
+    if await _engine_ready(settings, board.states().get(model)):
+        return
+    per_model, total = int(limits.get("per_model", 32)), int(limits.get("total", 128))
+    timeout = float(limits.get("timeout", 600))
+    if HELD.get(model, 0) >= per_model:
+        raise _unavailable(f"{per_model} requests already wait for {model} to load "
+                           f"(LOAD_QUEUE_PER_MODEL); try again shortly", 429, 5)
+    if sum(HELD.values()) >= total:
+        raise _unavailable(f"{total} requests already wait for models to load "
+                           f"(LOAD_QUEUE_TOTAL); try again shortly", 503, 5)
+    HELD[model] = HELD.get(model, 0) + 1
+    asked = time.time()
+    try:
+        board.want(model)
+        log.warning("mms: holding a request for %s while it loads", model)
+        deadline = time.monotonic() + timeout
+        while True:
+            state = board.states().get(model)
+            if await _engine_ready(settings, state):
+                log.warning("mms: %s is loaded; the held request goes on after %.1fs", model,
+                            time.time() - asked)
+                return
+            if state is not None and state.state == "failed" and state.since >= asked - 1:
+                raise _unavailable(f"{model} could not be loaded: {state.error}")
+            if state is not None and state.state in ("unloaded", "unloading") \
+                    and state.since >= asked - 1:
+                board.want(model)  # unloaded meanwhile (TTL, room for another): ask again
+            if time.monotonic() > deadline:
+                raise _unavailable(f"{model} was not loaded within {timeout:g}s "
+                                   f"(LOAD_TIMEOUT); try again later")
+            await asyncio.sleep(LOAD_POLL_S)
+    finally:
+        HELD[model] -= 1
+        board.mark_used(model)
 
 
 def status_of(exc: Any) -> int:

@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 from .. import environment
 from ..errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Portable SQL: "?" placeholders (rewritten for psycopg), epoch seconds as REAL/DOUBLE.
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS mms_schema (version INTEGER NOT NULL)",
@@ -32,7 +32,8 @@ SCHEMA = [
         tpm INTEGER,
         max_parallel INTEGER,
         models TEXT,
-        tokens_per_day INTEGER)""",
+        tokens_per_day INTEGER,
+        priority INTEGER)""",
     """CREATE TABLE IF NOT EXISTS mms_usage (
         id {autoincrement},
         ts DOUBLE PRECISION NOT NULL,
@@ -50,7 +51,9 @@ SCHEMA = [
 USAGE_COLUMNS = ("ts", "key_name", "model", "route", "status", "prompt_tokens",
                  "completion_tokens", "latency_ms", "ttft_ms", "error_class")
 KEY_COLUMNS = ("name", "key_hash", "created_at", "revoked_at", "rpm", "tpm", "max_parallel",
-               "models", "tokens_per_day")
+               "models", "tokens_per_day", "priority")
+# What each schema version adds to the one before (a database made by older code).
+UPGRADES = {2: ["ALTER TABLE mms_api_keys ADD COLUMN priority INTEGER"]}
 
 
 def hash_key(key: str) -> str:
@@ -93,6 +96,7 @@ class ApiKey:
     max_parallel: Optional[int]
     models: Optional[str]
     tokens_per_day: Optional[int]
+    priority: Optional[int] = None  # vLLM's: lower is served first
 
     @property
     def allowed_models(self) -> Optional[list[str]]:
@@ -179,22 +183,36 @@ class Store:
         rows = await self.fetchall("SELECT version FROM mms_schema")
         if not rows:
             await self.execute("INSERT INTO mms_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+            return
+        if rows[0][0] < SCHEMA_VERSION:
+            await self._upgrade(rows[0][0])
         elif rows[0][0] > SCHEMA_VERSION:
             raise UserError(f"the database schema is version {rows[0][0]}, newer than this "
                             f"code's {SCHEMA_VERSION}: update the project")
 
+    async def _upgrade(self, version: int) -> None:
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in UPGRADES[step]:
+                try:
+                    await self.execute(statement)
+                except Exception:  # noqa: BLE001 - another process upgraded first
+                    await self.fetchall("SELECT priority FROM mms_api_keys WHERE 1 = 0")
+        await self.execute("UPDATE mms_schema SET version = ?", (SCHEMA_VERSION,))
+
     # --- keys -------------------------------------------------------------------------
     async def create_key(self, name: str, rpm: Optional[int] = None, tpm: Optional[int] = None,
                          max_parallel: Optional[int] = None, models: Optional[list[str]] = None,
-                         tokens_per_day: Optional[int] = None) -> str:
+                         tokens_per_day: Optional[int] = None,
+                         priority: Optional[int] = None) -> str:
         existing = await self.fetchall("SELECT name FROM mms_api_keys WHERE name = ?", (name,))
         if existing:
             raise UserError(f"a key named {name!r} already exists (revoke it or pick another name)")
         key = "sk-mms-" + secrets.token_urlsafe(32)
         await self.execute(
-            f"INSERT INTO mms_api_keys ({', '.join(KEY_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO mms_api_keys ({', '.join(KEY_COLUMNS)}) "
+            f"VALUES ({', '.join('?' for _ in KEY_COLUMNS)})",
             (name, hash_key(key), time.time(), None, rpm, tpm, max_parallel,
-             ",".join(models) if models else None, tokens_per_day))
+             ",".join(models) if models else None, tokens_per_day, priority))
         return key
 
     async def list_keys(self) -> list[ApiKey]:

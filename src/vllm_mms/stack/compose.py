@@ -72,9 +72,9 @@ def model_environment(resolved: Resolved) -> dict[str, str]:
         from .. import bootstrap
         from ..engine.prepare_model import ensure_weights, weights_dir
 
-        ready = weights_dir()
+        ready = weights_dir(resolved.model.local_weights)
         if not (ready / ".complete").exists():
-            ready = ensure_weights(bootstrap.ensure_env("engine"))
+            ready = ensure_weights(bootstrap.ensure_env("engine"), resolved.model.local_weights)
         env["MMS_WEIGHTS_HOST_DIR"] = str(ready)
     return env
 

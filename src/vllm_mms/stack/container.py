@@ -96,6 +96,7 @@ def wait_for_key(key_path: Path, deadline_s: float = 120, clock: Clock = SYSTEM_
 
 def proxy_entrypoint(project: Project) -> None:
     resolved = resolve(project, _model_name())
+    workers = resolved.proxy_workers  # PROXY_WORKERS without Redis: refused before anything
     config_path = GENERATED_DIR / CONFIG_FILE
     key_path = GENERATED_DIR / ENGINE_KEY_FILE
     for path in (config_path, key_path):
@@ -108,7 +109,7 @@ def proxy_entrypoint(project: Project) -> None:
     env["USAGE_RETENTION_DAYS"] = str(resolved.settings.USAGE_RETENTION_DAYS)
     migrate_store()
     argv = ["python3", "-m", "vllm_mms.proxy.gateway", "--config", str(config_path), "--host", "0.0.0.0",
-            "--port", port]
+            "--port", port, "--workers", str(workers)]
     print(f"[proxy] exec {json.dumps(argv)}", flush=True)
     os.execvpe(argv[0], argv, env)
 

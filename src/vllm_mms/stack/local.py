@@ -14,16 +14,18 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 from .. import bootstrap, environment, paths
 from ..config import schema
-from ..config.resolve import Project, Resolved, resolve
+from ..config.resolve import Project, Resolved, global_settings, resolve
 from ..engine import fit, serve
 from ..errors import UserError
 from ..progress import SYSTEM_CLOCK, Clock, wait_until
-from . import replicas
+from ..proxy import board
+from . import render, replicas
 from .container import migrate_store, proxy_environment
 from .processes import (
     alive,
@@ -37,8 +39,8 @@ from .processes import (
     tail,
     terminate,
 )
-from .render import CONFIG_FILE, MODELS_FILE, render
-from .state import Service, Stack, service_name
+from .render import CONFIG_FILE, MODELS_FILE
+from .state import OnDemand, Service, Stack, service_name
 
 # ----------------------------------------------------------------------------- stop
 
@@ -57,7 +59,8 @@ def stop_local(quiet: bool = True) -> bool:
     running = [p for p in stack.pids if alive(p)]
     if running:
         if not quiet:
-            print(f"stopping local stack ({stack.model}): pids {', '.join(map(str, running))}")
+            print(f"stopping local stack ({', '.join(stack.models)}): pids "
+                  f"{', '.join(map(str, running))}")
         terminate(running)
     Stack.remove()
     if not quiet:
@@ -103,16 +106,27 @@ def require_cpu_model(project: Project, resolved: Resolved) -> None:
                     f"MODEL={resolved.name} ./runMe.sh")
 
 
-def start_local(project: Project, name: str, detach: bool, force: bool = False,
-                environ: Optional[dict[str, str]] = None) -> int:
-    """`environ`: what the settings are resolved from (default: this process's environment;
-    the CLI adds --replicas to it)."""
+def start_local(project: Project, names: Union[str, Sequence[str]], detach: bool,
+                force: bool = False, environ: Optional[dict[str, str]] = None,
+                on_demand: Sequence[str] = ()) -> int:
+    """`names`: one catalog model, or several served at once behind the one proxy (the
+    first also answers to the generic model id); `on_demand`: models loaded when a request
+    names one (ondemand.py). `environ`: what the settings are resolved from (default: this
+    process's environment; the CLI adds --replicas to it)."""
+    names = [names] if isinstance(names, str) else list(names)
     existing = Stack.load()
     if existing and any(alive(p) for p in existing.pids):
-        raise UserError(f"a local stack is already running ({existing.model}, proxy on port "
-                        f"{existing.proxy_port}); stop it first: ./runMe.sh down")
-    resolved = resolve(project, name, environ)
-    require_cpu_model(project, resolved)
+        raise UserError(f"a local stack is already running ({', '.join(existing.models)}, "
+                        f"proxy on port {existing.proxy_port}); stop it first: ./runMe.sh down")
+    models = [resolve(project, name, environ) for name in [*names, *on_demand]]
+    resolved = models[0]
+    for model in models:
+        require_cpu_model(project, model)
+    if len(models) > 1 and resolved.replicas > 1:
+        raise UserError(f"--replicas N runs N engines of one model; "
+                        f"{', '.join(m.name for m in models)} are several models, one engine "
+                        f"each: leave out --replicas (REPLICAS)")
+    resolved.proxy_workers  # noqa: B018 - PROXY_WORKERS without Redis fails here, not after the engine
     settings = resolved.settings
     for port, var in ((settings.LITELLM_PORT, "LITELLM_PORT"), (settings.VLLM_PORT, "VLLM_PORT")):
         if not port_free(port):
@@ -120,39 +134,77 @@ def start_local(project: Project, name: str, detach: bool, force: bool = False,
                             f"choose another, e.g. {var}={port + 1} ./runMe.sh --local")
     if settings.LITELLM_PORT == settings.VLLM_PORT:
         raise UserError("LITELLM_PORT and VLLM_PORT must differ")
+    render.check_names(resolved, [(m, "") for m in models[1:]])
 
     engine_python = bootstrap.ensure_env("engine")
-    weights: Optional[Path] = None
-    if resolved.model.local_weights:
+    if any(m.model.local_weights for m in models):
         from ..engine.prepare_model import ensure_weights
 
-        weights = ensure_weights(engine_python)
-    fit.preflight(resolved, force, weights, sharing=resolved.replicas)
+        ensure_weights(engine_python)  # every local checkpoint, once
+
+    def weights_of(model: Resolved) -> Optional[Path]:
+        from ..engine.prepare_model import weights_dir
+
+        return weights_dir(model.model.local_weights) if model.model.local_weights else None
+
+    plan: Optional[fit.SetPlan] = None
+    if len(models) == 1:
+        fit.preflight(resolved, force, weights_of(resolved), sharing=resolved.replicas)
+        shares = [0.0]
+    else:
+        plan = fit.preflight_set(models, force, weights_of, on_demand=len(on_demand))
+        shares = plan.shares
 
     state = paths.state_dir()
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     generated = paths.generated_dir()
-    # Replica 1 on VLLM_PORT, the others on free ports.
+    # Replica 1 on VLLM_PORT, the other replicas and models on free ports.
     engine_ports = [settings.VLLM_PORT, *(free_port() for _ in range(resolved.replicas - 1))]
-    render(project, resolved, generated,
-           api_base=[f"http://127.0.0.1:{port}/v1" for port in engine_ports])
+    beside = [Beside(model, free_port(), share, weights_of(model))
+              for model, share in zip(models[1:], shares[1:])]
+    loaded_later = beside[len(beside) - len(on_demand):] if on_demand else []
+    beside = beside[:len(beside) - len(loaded_later)]
+    render.render(project, resolved, generated,
+                  api_base=[f"http://127.0.0.1:{port}/v1" for port in engine_ports],
+                  others=[(b.resolved, f"http://127.0.0.1:{b.port}/v1")
+                          for b in [*beside, *loaded_later]],
+                  on_demand=list(on_demand))
     migrate_store()
-    stack, procs = start_processes(resolved, engine_python, weights, generated, logs,
-                                   engine_ports)
+    board.reset()
+    stack, procs = start_processes(resolved, engine_python, weights_of(resolved), generated,
+                                   logs, engine_ports, beside, shares[0])
+    if loaded_later:
+        assert plan is not None
+        stack.on_demand = [OnDemand(b.resolved.name, b.port, b.share, b.share * plan.per_device)
+                           for b in loaded_later]
+        stack.budget, stack.share_unit = plan.available, plan.per_device
+        stack.save()
     try:
         wait_healthy(stack, procs, environment.start_timeout())
     except BaseException:
         terminate(stack.pids)
         Stack.remove()
         raise
-    print_ready(resolved, stack)
+    print_ready(models[:len(models) - len(on_demand)], stack)
+    if on_demand:
+        print(f"  on demand (loaded when a request names one, unloaded after "
+              f"{resolved.settings.ON_DEMAND_TTL:g}s idle): {', '.join(on_demand)}")
     if detach:
         start_supervisor(stack)
         print("running in the background (a supervisor restarts what dies); stop with: "
               "./runMe.sh down")
         return 0
     return supervise(stack, project)
+
+
+@dataclass
+class Beside:
+    """A model served beside the stack's first: its engine's port and memory share."""
+    resolved: Resolved
+    port: int
+    share: float
+    weights: Optional[Path]
 
 
 def start_supervisor(stack: Stack) -> None:
@@ -169,41 +221,58 @@ def proxy_process(resolved: Resolved, generated: Path, engine_key: str, logs: Pa
     env = {**os.environ, **proxy_environment(resolved, engine_key,
                                              generated / MODELS_FILE), **(extra_env or {})}
     env["PYTHONPATH"] = str(paths.ROOT / "src")
+    env["MMS_LOAD_BOARD"] = str(board.board_dir())  # where it asks for on-demand models
     env.setdefault("USAGE_RETENTION_DAYS", str(resolved.settings.USAGE_RETENTION_DAYS))
     argv = [sys.executable, "-m", "vllm_mms.proxy.gateway", "--config", str(generated / CONFIG_FILE),
-            "--host", "127.0.0.1", "--port", str(port)]
+            "--host", "127.0.0.1", "--port", str(port), "--workers", str(resolved.proxy_workers)]
     return spawn("proxy", argv, env, logs)
 
 
 def engine_process(resolved: Resolved, engine_python: Path, weights: Optional[Path],
-                   engine_key: str, logs: Path, port: int, replica: int = 1) -> subprocess.Popen:
+                   engine_key: str, logs: Path, port: int, replica: int = 1,
+                   beside: bool = False, share: float = 0.0,
+                   cores: Optional[tuple[int, int]] = None) -> subprocess.Popen:
     """Engine replica `replica` of resolved.replicas; its log is engine.log (replica 1) or
-    engine-K.log. Replicas split the memory share and the cores between them."""
-    label = service_name("engine", replica)
+    engine-K.log (engine-NAME.log for a model `beside` the first). Replicas split the
+    memory share; `share`: this engine's --gpu-memory-utilization when several models run.
+    `cores`: (k, n): the k-th of n engines on this machine, each bound to its own cores."""
+    label = service_name("engine", replica, resolved.name if beside else "")
     base_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     base_env.update({"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"})
     env = serve.engine_environment(resolved, engine_key, base_env)
-    if resolved.replicas > 1 and env.get("VLLM_CPU_OMP_THREADS_BIND", "auto") == "auto":
-        env["VLLM_CPU_OMP_THREADS_BIND"] = (replicas.cpu_binding(replica, resolved.replicas)
-                                            or "auto")
+    if cores is None and resolved.replicas > 1:
+        cores = (replica, resolved.replicas)
+    if cores and cores[1] > 1 and env.get("VLLM_CPU_OMP_THREADS_BIND", "auto") == "auto":
+        env["VLLM_CPU_OMP_THREADS_BIND"] = replicas.cpu_binding(*cores) or "auto"
     argv = serve.engine_argv(resolved, host="127.0.0.1", port=port,
                               cpu_python=str(engine_python), weights=weights,
-                              sharing=resolved.replicas)
+                              sharing=resolved.replicas, utilization=share or None)
     (logs / f"{label}.argv.json").write_text(json.dumps(argv) + "\n")
     return spawn(label, argv, env, logs)
 
 
 def start_processes(resolved: Resolved, engine_python: Path, weights: Optional[Path],
-                    generated: Path, logs: Path, engine_ports: list[int]
+                    generated: Path, logs: Path, engine_ports: list[int],
+                    beside: Sequence[Beside] = (), share: float = 0.0
                     ) -> tuple[Stack, dict[str, subprocess.Popen]]:
-    """The engines (one per port) and the proxy, recorded in the stack file."""
+    """The engines (one per port, then one per model beside the first) and the proxy,
+    recorded in the stack file."""
     key = serve.internal_api_key(resolved)
     procs: dict[str, subprocess.Popen] = {}
     engines = []
+    count = len(engine_ports) + len(beside)
     for k, port in enumerate(engine_ports, 1):
         name = service_name("engine", k)
-        procs[name] = engine_process(resolved, engine_python, weights, key, logs, port, replica=k)
-        engines.append(Service("engine", k, procs[name].pid, port))
+        procs[name] = engine_process(resolved, engine_python, weights, key, logs, port,
+                                     replica=k, share=share, cores=(k, count))
+        engines.append(Service("engine", k, procs[name].pid, port, share=share))
+    for k, other in enumerate(beside, len(engine_ports) + 1):
+        name = service_name("engine", 1, other.resolved.name)
+        procs[name] = engine_process(other.resolved, engine_python, other.weights, key, logs,
+                                     other.port, beside=True, share=other.share,
+                                     cores=(k, count))
+        engines.append(Service("engine", 1, procs[name].pid, other.port,
+                               model=other.resolved.name, share=other.share))
     port = resolved.settings.LITELLM_PORT
     procs["proxy"] = proxy_process(resolved, generated, key, logs, port)
     proxy = Service("proxy", 1, procs["proxy"].pid, port)
@@ -215,11 +284,15 @@ def start_processes(resolved: Resolved, engine_python: Path, weights: Optional[P
     return stack, procs
 
 
-def print_ready(resolved: Resolved, stack: Stack) -> None:
+def print_ready(models: Union[Resolved, Sequence[Resolved]], stack: Stack) -> None:
+    models = [models] if isinstance(models, Resolved) else list(models)
+    resolved = models[0]
     key_hint = ("sk-FAKE" if resolved.settings.LITELLM_MASTER_KEY == "sk-FAKE"
                 else "$LITELLM_MASTER_KEY")
     base = f"http://127.0.0.1:{stack.proxy_port}"
-    print(f"ready: {resolved.name} (model ids: {', '.join(resolved.model_names)})")
+    for k, model in enumerate(models):
+        print(f"ready: {model.name} (model ids: "
+              f"{', '.join(render.served_names(model, first=k == 0))})")
     print(f"  proxy (OpenAI + Anthropic API): {base}/v1    key: {key_hint}")
     for engine in stack.engines:
         print(f"  {engine.name + ' (internal):':<32}http://127.0.0.1:{engine.port}")
@@ -236,10 +309,12 @@ RESTART_WINDOW_S = 600.0     # ... within this window, then the supervisor gives
 
 
 def restart(stack: Stack, dead: Service, project: Project) -> None:
-    """Start the dead service again on its port, with the key the others hold."""
+    """Start the dead service again on its port, with the key the others hold (and, for an
+    engine, its memory share and cores)."""
+    model = stack.model_of(dead) if dead.role == "engine" else stack.model
     # As many replicas as the stack runs, however that number was given (--replicas).
-    resolved = resolve(project, stack.model,
-                       {**os.environ, "REPLICAS": str(len(stack.engines))})
+    resolved = resolve(project, model,
+                       {**os.environ, "REPLICAS": str(len(stack.engines_of(model)))})
     logs = Path(stack.log_dir)
     signal_group(dead.pid, signal.SIGKILL)  # its workers (vLLM's engine core) must not linger
     reap()
@@ -252,9 +327,13 @@ def restart(stack: Stack, dead: Service, project: Project) -> None:
     else:
         from ..engine.prepare_model import weights_dir
 
-        weights = weights_dir() if resolved.model.local_weights else None
+        weights = weights_dir(resolved.model.local_weights) if resolved.model.local_weights \
+            else None
+        engines = stack.engines
         proc = engine_process(resolved, bootstrap.ensure_env("engine"), weights, key, logs,
-                              dead.port, replica=dead.replica)
+                              dead.port, replica=dead.replica, beside=bool(dead.model),
+                              share=dead.share,
+                              cores=(engines.index(dead) + 1, len(engines)))
     dead.pid = proc.pid
     stack.save()
 
@@ -275,6 +354,12 @@ def supervise(stack: Stack, project: Optional[Project] = None, foreground: bool 
         print("serving in the foreground (a service that dies is restarted); Ctrl-C stops "
               "everything", flush=True)
     restarts: dict[str, list[float]] = {s.name: [] for s in stack.services}
+    loader = None
+    if stack.on_demand:
+        from .ondemand import Loader
+
+        settings = global_settings(project)
+        loader = Loader(project, settings.ON_DEMAND_TTL, settings.LOAD_TIMEOUT)
     code = 0
     while stopping["signal"] is None:
         # `switch` and restarts replace processes and record them in the stack file: follow it.
@@ -283,9 +368,14 @@ def supervise(stack: Stack, project: Optional[Project] = None, foreground: bool 
             return 0
         stack = current
         reap()
+        if loader is not None:
+            try:
+                loader.tick(stack)
+            except Exception as exc:  # noqa: BLE001 - say why, go on serving the others
+                print(f"on-demand: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         for service in stack.services:
-            if alive(service.pid):
-                continue
+            if alive(service.pid) or stack.on_demand_of(service.model):
+                continue  # an on-demand engine that dies is the loader's (failed, unloaded)
             name = service.name
             now = time.monotonic()
             restarts[name] = [t for t in restarts.get(name, []) if now - t < RESTART_WINDOW_S] + [now]

@@ -11,6 +11,8 @@ import yaml
 
 from ..config import schema
 from ..config.resolve import SERVED_MODEL_NAME, Project, Resolved
+from ..engine import serve
+from ..engine.serve import flag_value
 from ..errors import UserError
 from .compose import ENGINE_SERVICE
 
@@ -18,6 +20,8 @@ COMPOSE_API_BASE = f"http://{ENGINE_SERVICE}:8000/v1"
 MODELS_FILE = "models.yml"
 CONFIG_FILE = "config.yaml"
 ApiBases = Union[str, Sequence[str]]  # one engine, or one base URL per replica
+# Models started beside the first one (./runMe.sh --local A B): each with its engines' URLs.
+Others = Sequence[tuple[Resolved, ApiBases]]
 
 
 def compose_api_bases(replicas: int) -> list[str]:
@@ -73,7 +77,29 @@ def max_output_tokens(resolved: Resolved) -> Optional[int]:
     return min(int(cap), context) if context else int(cap)
 
 
-def models_document(resolved: Resolved, api_base: ApiBases) -> dict[str, Any]:
+def served_names(resolved: Resolved, first: bool = True) -> list[str]:
+    """The model ids a model answers to: the stack's first model also to the generic
+    SERVED_MODEL_NAME, the models beside it only to their own names and aliases."""
+    return resolved.model_names if first else [n for n in resolved.model_names
+                                               if n != SERVED_MODEL_NAME]
+
+
+def check_names(resolved: Resolved, others: Others) -> None:
+    """Several models at once: each model id may name one of them only."""
+    owner: dict[str, str] = {}
+    for k, model in enumerate([resolved, *(r for r, _ in others)]):
+        if model.name in owner.values():
+            raise UserError(f"{model.name} is named twice: each model runs once")
+        for name in served_names(model, k == 0):
+            if name in owner:
+                raise UserError(f"{owner[name]} and {model.name} both answer to {name!r} "
+                                f"(models/{model.name}.yml aliases): a model id names one "
+                                f"model; rename the alias")
+            owner[name] = model.name
+
+
+def models_document(resolved: Resolved, api_base: ApiBases, first: bool = True
+                    ) -> dict[str, Any]:
     """What the proxy hooks read at run time. No secret goes in here."""
     bases = _bases(api_base)
     return {
@@ -81,18 +107,31 @@ def models_document(resolved: Resolved, api_base: ApiBases) -> dict[str, Any]:
         "description": resolved.model.description,
         "hf_model": resolved.hf_model,
         "served_model_name": SERVED_MODEL_NAME,
-        "model_names": resolved.model_names,
+        "model_names": served_names(resolved, first),
         "api_base": bases[0],
         "api_bases": bases,
         "context_length": resolved.context_length,
         "max_output_tokens": max_output_tokens(resolved),
         "sampling": resolved.sampling,
         "limits": resolved.limits,
+        "max_n": resolved.model.litellm.max_n,
+        "embedding": serve.is_pooling(resolved.argv),  # answers /v1/embeddings only
+        # the proxy then puts each key's priority on its requests (hooks.set_priority)
+        "priority_scheduling": flag_value(resolved.argv, "--scheduling-policy") == "priority",
     }
 
 
+def served_entry(resolved: Resolved, api_base: ApiBases, first: bool) -> dict[str, Any]:
+    """One model's part of the template's `models`."""
+    return {"catalog_name": resolved.name, "model_names": served_names(resolved, first),
+            "deployments": deployments(resolved, api_base),
+            "request_timeout": resolved.limits["request_timeout"],
+            "context_length": resolved.context_length,
+            "max_output_tokens": max_output_tokens(resolved)}
+
+
 def render_config(template_path: Path, resolved: Resolved, api_base: ApiBases,
-                  fallback_models: Sequence[dict[str, str]] = ()) -> str:
+                  fallback_models: Sequence[dict[str, str]] = (), others: Others = ()) -> str:
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              autoescape=False)  # noqa: S701 - YAML, values are JSON-quoted
     try:
@@ -100,6 +139,8 @@ def render_config(template_path: Path, resolved: Resolved, api_base: ApiBases,
         routing = resolved.model.litellm.routing
         replicas = deployments(resolved, api_base)
         text = template.render(
+            models=[served_entry(resolved, api_base, True),
+                    *(served_entry(r, bases, False) for r, bases in others)],
             model_names=resolved.model_names,
             catalog_name=resolved.name,
             served_model_name=SERVED_MODEL_NAME,
@@ -131,13 +172,26 @@ def render_config(template_path: Path, resolved: Resolved, api_base: ApiBases,
 
 
 def render(project: Project, resolved: Resolved, out_dir: Path,
-           api_base: ApiBases = COMPOSE_API_BASE) -> dict[str, Path]:
+           api_base: ApiBases = COMPOSE_API_BASE, others: Others = (),
+           on_demand: Sequence[str] = ()) -> dict[str, Path]:
     """Write both files atomically (write then rename) so a reader never sees half a file.
-    `api_base`: the engine's base URL, or one per replica."""
+    `api_base`: the engine's base URL, or one per replica; `others`: the models served
+    beside this one, each with its engines' URLs."""
+    check_names(resolved, others)
     out_dir.mkdir(parents=True, exist_ok=True)
-    config_text = render_config(project.template, resolved, api_base, fallbacks(project, resolved))
+    config_text = render_config(project.template, resolved, api_base, fallbacks(project, resolved),
+                                others)
+    document = models_document(resolved, api_base)
+    if others:
+        document["also_served"] = [{**models_document(r, bases, first=False),
+                                    "on_demand": r.name in on_demand} for r, bases in others]
+    if on_demand:  # how long and how many requests the proxy holds while one loads
+        settings = resolved.settings
+        document["loading"] = {"timeout": settings.LOAD_TIMEOUT,
+                               "per_model": settings.LOAD_QUEUE_PER_MODEL,
+                               "total": settings.LOAD_QUEUE_TOTAL}
     models_text = ("# Generated by vllm_mms render; do not edit.\n"
-                   + yaml.safe_dump(models_document(resolved, api_base), sort_keys=False))
+                   + yaml.safe_dump(document, sort_keys=False))
     written = {}
     for name, text in ((MODELS_FILE, models_text), (CONFIG_FILE, config_text)):
         path = out_dir / name

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,12 +15,14 @@ from .. import paths
 
 # The stack file's layout; a file of another layout (an older version's) reads as nothing
 # running. It is per-run state: nothing to migrate.
-STACK_FORMAT = 2
+STACK_FORMAT = 3
 
 
-def service_name(role: str, replica: int) -> str:
-    """engine, engine-2, ..., proxy: the name in status and logs, and the log file's name."""
-    return role if replica == 1 else f"{role}-{replica}"
+def service_name(role: str, replica: int, model: str = "") -> str:
+    """engine, engine-2, ..., proxy; a model served beside the first: engine-NAME,
+    engine-NAME-2, ...: the name in status and logs, and the log file's name."""
+    base = f"{role}-{model}" if model else role
+    return base if replica == 1 else f"{base}-{replica}"
 
 
 @dataclass
@@ -30,15 +32,27 @@ class Service:
     replica: int   # 1..N for the engines, 1 for the proxy
     pid: int
     port: int
+    model: str = ""  # an engine of a model served beside the stack's first ("": the first)
+    share: float = 0.0  # its --gpu-memory-utilization when several models run (0: its own)
 
     @property
     def name(self) -> str:
-        return service_name(self.role, self.replica)
+        return service_name(self.role, self.replica, self.model)
 
     def health_url(self) -> str:
         """What says it is up: the proxy's liveliness, an engine's /health."""
         path = "/health/liveliness" if self.role == "proxy" else "/health"
         return f"http://127.0.0.1:{self.port}{path}"
+
+
+@dataclass
+class OnDemand:
+    """A model loaded when a request names it (stack/ondemand.py): where its engine runs when
+    it does, and its memory share."""
+    model: str
+    port: int
+    share: float
+    need: float  # bytes its engine holds (share x what a share is a fraction of)
 
 
 @dataclass
@@ -50,6 +64,9 @@ class Stack:
     log_dir: str
     started: float
     supervisor_pid: int = 0   # detached mode: the process that restarts what dies
+    on_demand: list[OnDemand] = field(default_factory=list)
+    budget: float = 0.0       # bytes the engines may hold together (fit), for on-demand loads
+    share_unit: float = 0.0   # bytes of a whole share (--gpu-memory-utilization 1.0)
 
     @staticmethod
     def path() -> Path:
@@ -69,13 +86,18 @@ class Stack:
     def from_dict(cls, data: dict[str, Any]) -> "Stack":
         if data.get("format") != STACK_FORMAT:
             raise ValueError(f"stack file format {data.get('format')!r}, not {STACK_FORMAT}")
-        services = [Service(str(s["role"]), int(s["replica"]), int(s["pid"]), int(s["port"]))
+        services = [Service(str(s["role"]), int(s["replica"]), int(s["pid"]), int(s["port"]),
+                            str(s.get("model", "")), float(s.get("share", 0.0)))
                     for s in data["services"]]
         roles = [s.role for s in services]
         if roles.count("proxy") != 1 or "engine" not in roles or set(roles) - {"engine", "proxy"}:
             raise ValueError(f"a stack has one proxy and at least one engine, not {roles}")
+        on_demand = [OnDemand(str(o["model"]), int(o["port"]), float(o["share"]),
+                              float(o["need"])) for o in data.get("on_demand", [])]
         return cls(model=str(data["model"]), services=services, log_dir=str(data["log_dir"]),
-                   started=float(data["started"]), supervisor_pid=int(data["supervisor_pid"]))
+                   started=float(data["started"]), supervisor_pid=int(data["supervisor_pid"]),
+                   on_demand=on_demand, budget=float(data.get("budget", 0.0)),
+                   share_unit=float(data.get("share_unit", 0.0)))
 
     def save(self, path: Optional[Path] = None) -> None:
         """Write the stack file at once (a reader never sees half of it): a temporary file
@@ -98,6 +120,22 @@ class Stack:
     @property
     def engines(self) -> list[Service]:
         return [s for s in self.services if s.role == "engine"]
+
+    def engines_of(self, model: str) -> list[Service]:
+        return [s for s in self.engines if self.model_of(s) == model]
+
+    def model_of(self, engine: Service) -> str:
+        return engine.model or self.model
+
+    @property
+    def models(self) -> list[str]:
+        """The catalog models this stack serves: its first, then those beside it (resident
+        ones, then on-demand ones, loaded or not)."""
+        return list(dict.fromkeys([self.model, *(s.model for s in self.engines if s.model),
+                                   *(o.model for o in self.on_demand)]))
+
+    def on_demand_of(self, model: str) -> Optional[OnDemand]:
+        return next((o for o in self.on_demand if o.model == model), None)
 
     @property
     def proxy(self) -> Service:

@@ -137,6 +137,10 @@ def switch_local(project: Project, stack: Stack, name: str, force: bool) -> int:
     if stack.model == name:
         print(f"{name} is already serving")
         return 0
+    if len(stack.models) > 1:
+        raise UserError(f"switch replaces the one model a stack serves, and this one serves "
+                        f"{', '.join(stack.models)}: ./runMe.sh down && ./runMe.sh --local "
+                        f"{' '.join(m if m != stack.model else name for m in stack.models)}")
     if len(stack.engines) > 1:
         raise UserError(f"switch moves one engine, and {stack.model} runs "
                         f"{len(stack.engines)} replicas: ./runMe.sh down && "
@@ -149,7 +153,7 @@ def switch_local(project: Project, stack: Stack, name: str, force: bool) -> int:
     if new.model.local_weights:
         from ..engine.prepare_model import ensure_weights
 
-        weights = ensure_weights(engine_python)
+        weights = ensure_weights(engine_python, new.model.local_weights)
     fit.preflight(new, force, weights)
 
     key = proxy_engine_key(stack.proxy.pid)
