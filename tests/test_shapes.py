@@ -71,6 +71,35 @@ HI = [{"role": "user", "content": "hi"}]
      ("messages[0].content must be a string, a list of content parts or null, not integer",
       "messages[0].content")),
     ("chat", {"messages": "hi"}, ("messages must be a list, not string", "messages")),
+    # LiteLLM's vLLM translation: "sequence item 0: expected str instance, dict found" (500,
+    # found by the spec fuzzer: an assistant text part whose text is an object)
+    ("chat", {"messages": [{"role": "assistant", "content": [
+        {"type": "text", "text": {}, "prompt_cache_breakpoint": {"mode": "explicit"}}]}]},
+     ("messages[0].content[0].text must be a string in a text part, not object",
+      "messages[0].content[0].text")),
+    ("chat", {"messages": [{"role": "assistant", "content": [{"type": "text", "text": None}]}]},
+     ("messages[0].content[0].text must be a string in a text part, not null",
+      "messages[0].content[0].text")),
+    ("chat", {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
+     ("messages[0].content[0].text is required in a text part", "messages[0].content[0].text")),
+    # "'str' object has no attribute 'get'" (500): a user part that is not an object
+    ("chat", {"messages": [{"role": "user", "content": ["hi"]}]},
+     ("messages[0].content[0] must be a content part (an object with a type), not string",
+      "messages[0].content[0]")),
+    ("chat", {"messages": [{"role": "user", "content": [{"text": "hi"}]}]},
+     ("messages[0].content[0] must be a content part (an object with a type), not an object "
+      "without one", "messages[0].content[0]")),
+    ("chat", {"messages": [{"role": "user", "content": [{"type": "file", "file": "x"}]}]},
+     ("messages[0].content[0].file must be an object in a file part, not string",
+      "messages[0].content[0].file")),
+    # "expected string or bytes-like object, got 'int'" (500)
+    ("chat", {"messages": [{"role": "user", "content": [
+        {"type": "file", "file": {"file_data": 1}}]}]},
+     ("messages[0].content[0].file.file_data must be a string in a file part, not integer",
+      "messages[0].content[0].file.file_data")),
+    ("chat", {"messages": [{"role": "assistant", "content": [{"type": "refusal", "refusal": 3}]}]},
+     ("messages[0].content[0].refusal must be a string in a refusal part, not integer",
+      "messages[0].content[0].refusal")),
     # LiteLLM's Anthropic route: "Bad Request: messages is required" (500)
     ("messages", {"messages": []}, ("messages must hold at least one message", "messages")),
     ("chat", {"messages": []}, ("messages must hold at least one message", "messages")),
@@ -153,6 +182,12 @@ def test_refused_with_the_field_and_a_message(kind, data, expected):
               "n": 4, "temperature": 1, "stop": ["x"], "web_search_options": {},
               "max_tokens": 5, "tool_choice": "auto"}),
     ("chat", {"messages": [{"role": "developer", "content": [{"type": "text", "text": "d"}]}]}),
+    ("chat", {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "look"}, {"type": "image_url", "image_url": "http://x/a.png"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}},
+        {"type": "video_url", "video_url": {"url": "http://x/v.mp4"}},
+        {"type": "file", "file": {"file_id": "f", "filename": "a.pdf"}}]},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]}]}),
     ("completions", {"prompt": [[1, 2], [3]], "best_of": 1, "echo": False}),
     ("completions", {"prompt": ["a", "b"]}), ("completions", {"prompt": [1, 2]}),
     ("embeddings", {"input": "a"}), ("embeddings", {"input": ["a", "b"]}),

@@ -37,6 +37,11 @@ CASES = [
     ("n-above-the-models-cap", "POST", CHAT, ok_body(n=1000), 400),
     # LiteLLM answered these with a 500 (found by tests/e2e/test_spec_fuzz.py)
     ("web-search-options-a-list", "POST", CHAT, ok_body(web_search_options=[None, None]), 400),
+    ("assistant-text-part-an-object", "POST", CHAT,
+     {**ok_body(), "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": [
+         {"type": "text", "text": {}, "prompt_cache_breakpoint": {"mode": "explicit"}}]}]}, 400),
+    ("user-part-a-string", "POST", CHAT,
+     {**ok_body(), "messages": [{"role": "user", "content": ["Hi"]}]}, 400),
     ("completions-prompt-null", "POST", "/v1/completions",
      {"model": MODEL, "prompt": None, "max_tokens": 2}, 400),
     ("embeddings-input-empty-list", "POST", "/v1/embeddings",

@@ -89,6 +89,22 @@ ANTHROPIC_TOOL_FIELDS: dict[str, tuple[str, ...]] = {
 # result content those LiteLLM's token count knows (not search_result nor browser_state).
 SYSTEM_BLOCKS = ("text",)
 TOOL_RESULT_BLOCKS = ("text", "image", "document", "tool_reference")
+# An OpenAI chat message's content parts: per part type of OpenAI's spec, the fields and their
+# types. LiteLLM's vLLM translation reads them unchecked: an assistant text part whose text is
+# not a string → 500 "sequence item 0: expected str instance, dict found" (found by the spec
+# fuzzer); a user part that is not an object, or a file part whose `file` is not one → 500
+# "'str' object has no attribute 'get'". Other part types pass: vLLM has its own (video_url,
+# audio_url, image_embeds …) and answers what it cannot read with a 400.
+OPENAI_PART_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "text": {"text": ("string",)},
+    "refusal": {"refusal": ("string",)},
+    "image_url": {"image_url": ("object", "string")},  # LiteLLM turns a bare URL into {url}
+    "input_audio": {"input_audio": ("object",)},
+    "file": {"file": ("object",)},
+}
+# A file part's `file` (OpenAI's spec: all three optional strings; LiteLLM runs a regex on
+# file_data: 500 "expected string or bytes-like object" else).
+OPENAI_FILE_FIELDS = {name: ("string", *ABSENT) for name in ("file_data", "file_id", "filename")}
 # Roles whose message must carry content (OpenAI: only the assistant's may be null, when it
 # calls tools instead).
 CONTENT_REQUIRED = ("system", "developer", "user", "tool")
@@ -153,6 +169,7 @@ def problem(kind: str, data: dict[str, Any],
 def _message_problem(data: dict[str, Any], roles: tuple[str, ...]) -> Optional[tuple[str, str]]:
     if data.get("messages") == []:  # LiteLLM's Anthropic route fails on it with a 500
         return "messages must hold at least one message", "messages"
+    anthropic = roles is ANTHROPIC_ROLES
     for i, message in enumerate(data.get("messages") or []):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -162,17 +179,49 @@ def _message_problem(data: dict[str, Any], roles: tuple[str, ...]) -> Optional[t
             return (f"{where}.role must be one of {', '.join(roles)}, not {role!r}",
                     f"{where}.role")
         content = message.get("content")
-        if roles is ANTHROPIC_ROLES and isinstance(content, list):
-            found = _blocks_problem(content, f"{where}.content", ANTHROPIC_BLOCKS)
+        if isinstance(content, list):
+            found = (_blocks_problem(content, f"{where}.content", ANTHROPIC_BLOCKS) if anthropic
+                     else _parts_problem(content, f"{where}.content"))
             if found:
                 return found
-        if role in CONTENT_REQUIRED or roles is ANTHROPIC_ROLES:
+        if role in CONTENT_REQUIRED or anthropic:
             if not _accepts(TEXT_OR_PARTS, content):
                 return (f"{where}.content must be a string or a list of content parts, not "
                         f"{json_type(content)}", f"{where}.content")
         elif not _accepts(TEXT_OR_PARTS + NULLABLE, content):
             return (f"{where}.content must be a string, a list of content parts or null, not "
                     f"{json_type(content)}", f"{where}.content")
+    return None
+
+
+def _fields_problem(item: dict[str, Any], at: str, rules: dict[str, tuple[str, ...]],
+                    within: str) -> Optional[tuple[str, str]]:
+    """The first field of `item` that `rules` requires and it lacks, or that has a type the
+    rule does not allow ("absent" in a rule: the field may be left out)."""
+    for field, allowed in rules.items():
+        if field not in item:
+            if "absent" not in allowed:
+                return f"{at}.{field} is required in {within}", f"{at}.{field}"
+        elif not _accepts(allowed, item[field]):
+            named = _describe(tuple(a for a in allowed if a != "absent"))
+            return (f"{at}.{field} must be {named} in {within}, not {json_type(item[field])}",
+                    f"{at}.{field}")
+    return None
+
+
+def _parts_problem(parts: list[Any], where: str) -> Optional[tuple[str, str]]:
+    """The first malformed OpenAI content part in `parts` (OPENAI_PART_FIELDS)."""
+    for j, part in enumerate(parts):
+        at = f"{where}[{j}]"
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            named = json_type(part) if not isinstance(part, dict) else "an object without one"
+            return f"{at} must be a content part (an object with a type), not {named}", at
+        kind = part["type"]
+        found = _fields_problem(part, at, OPENAI_PART_FIELDS.get(kind, {}), f"a {kind} part")
+        if not found and kind == "file" and isinstance(part.get("file"), dict):
+            found = _fields_problem(part["file"], f"{at}.file", OPENAI_FILE_FIELDS, "a file part")
+        if found:
+            return found
     return None
 
 
@@ -190,14 +239,9 @@ def _blocks_problem(blocks: list[Any], where: str,
             named = repr(kind) if isinstance(kind, str) else json_type(kind)
             return (f"{at} must be a content block of type {', '.join(kinds)}, not {named}",
                     f"{at}.type")
-        for field, allowed in ANTHROPIC_BLOCK_FIELDS[kind].items():
-            if field not in block:
-                if "absent" not in allowed:
-                    return f"{at}.{field} is required in a {kind} block", f"{at}.{field}"
-            elif not _accepts(allowed, block[field]):
-                named = _describe(tuple(a for a in allowed if a != "absent"))
-                return (f"{at}.{field} must be {named} in a {kind} block, not "
-                        f"{json_type(block[field])}", f"{at}.{field}")
+        found = _fields_problem(block, at, ANTHROPIC_BLOCK_FIELDS[kind], f"a {kind} block")
+        if found:
+            return found
         citations = block.get("citations")
         if kind == "text" and isinstance(citations, list):
             for k, citation in enumerate(citations):
