@@ -84,10 +84,10 @@ def test_compose_start_runs_compose_up_with_model_in_its_environment(project_dir
                      env={"PATH": str(tmp_path)})  # the stand-in only: no nvidia-smi
     assert result.code == 0, result.err
     files = f"-f {project_dir / 'docker-compose.yml'} -f {project_dir / 'docker-compose.gpu.yml'}"
-    assert record.read_text() == f"qwen3-next-coder|compose {files} up -d --build\n"
+    assert record.read_text() == f"qwen3-next-coder|compose {files} up --remove-orphans -d --build\n"
     result = run_cli(project=project_dir, env={"PATH": str(tmp_path), "MODEL": "glm47-flash"})
     assert result.code == 0, result.err
-    assert record.read_text() == f"glm47-flash|compose {files} up\n"
+    assert record.read_text() == f"glm47-flash|compose {files} up --remove-orphans\n"
 
 
 def fake_docker(tmp_path, record):

@@ -213,4 +213,4 @@ def test_runme_execs_compose_with_the_model_in_its_environment(project_dir, tmp_
                        env={"PATH": f"{tmp_path}:{os.environ['PATH']}"})
     assert result.code == 0, result.err
     files = f"-f {project_dir / 'docker-compose.yml'} -f {project_dir / 'docker-compose.gpu.yml'}"
-    assert record.read_text() == f"qwen3-next-coder|compose {files} up -d\n"
+    assert record.read_text() == f"qwen3-next-coder|compose {files} up --remove-orphans -d\n"

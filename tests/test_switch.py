@@ -224,9 +224,9 @@ def test_up_issues_the_exact_compose_command(project_dir, tmp_path):
     compose, gpu = (str(project_dir / name) for name in ("docker-compose.yml",
                                                           "docker-compose.gpu.yml"))
     assert result.out == (f"starting qwen3-next-coder with: docker compose -f {compose} "
-                          f"-f {gpu} --profile metrics up -d\n")
+                          f"-f {gpu} --profile metrics up --remove-orphans -d\n")
     assert calls(state) == [(["compose", "-f", compose, "-f", gpu, "--profile", "metrics", "up",
-                              "-d"], "qwen3-next-coder")]
+                              "--remove-orphans", "-d"], "qwen3-next-coder")]
 
 
 def test_a_cpu_model_starts_with_the_cpu_file_and_its_prepared_checkpoint(project_dir, tmp_path):
@@ -246,7 +246,8 @@ def test_a_cpu_model_starts_with_the_cpu_file_and_its_prepared_checkpoint(projec
     compose, cpu = (str(project_dir / name) for name in ("docker-compose.yml",
                                                         "docker-compose.cpu.yml"))
     seen = json.loads(state.read_text())["calls"][-1]
-    assert seen["argv"] == ["compose", "-f", compose, "-f", cpu, "up", "-d", "--build"]
+    assert seen["argv"] == ["compose", "-f", compose, "-f", cpu, "up", "--remove-orphans", "-d",
+                            "--build"]
     assert seen["MODEL"] == "smollm2-135m-cpu"
     assert seen["MMS_WEIGHTS_HOST_DIR"] == str(weights_dir())
 

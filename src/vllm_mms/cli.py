@@ -27,6 +27,7 @@ from .stack.render import compose_api_bases, render
 from .stack.state import Stack
 
 REPLICAS_COMPOSE = "compose.replicas.yml"  # in the state directory: generated, no secrets
+MODELS_COMPOSE = "compose.models.yml"      # the engines of the models beside the first
 
 
 def project() -> Project:
@@ -83,16 +84,37 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     proj = project()
     environ = settings_environ(args)
-    name = args.model or environ.get("MODEL") or environment.DEFAULT_COMPOSE_MODEL
-    resolved = resolve(proj, name, environ)  # fail here, in one line, before Docker is involved
-    fit.preflight(resolved, args.force, sharing=replicas.sharing(resolved))
+    names = args.model or ([environ["MODEL"]] if environ.get("MODEL") else None) \
+        or served_models(environ, "MODELS") or [environment.DEFAULT_COMPOSE_MODEL]
+    # fail here, in one line, before Docker is involved
+    models = [resolve(proj, name, environ) for name in names]
+    resolved = models[0]
+    if served_models(environ, "ON_DEMAND_MODELS"):
+        raise UserError("on-demand models (ON_DEMAND_MODELS) are loaded by local mode's "
+                        "supervisor: run them with ./runMe.sh --local, or list them as "
+                        "resident models here (MODELS=a,b)")
     files = compose.model_files(proj.root, resolved)
+    if len(models) > 1:
+        from .stack import compose_models
+
+        compose_models.check_set(models)
+        weights = [compose.prepared_weights(m) for m in models]
+        by_name = dict(zip(names, weights))
+        plan = fit.preflight_set(models, args.force, lambda m: by_name[m.name])
+        override = compose_models.write_compose_override(
+            models, plan.shares, [Path(f) for f in files[1::2]], weights,
+            paths.state_dir() / MODELS_COMPOSE)
+        files += ["-f", str(override)]
+    else:
+        fit.preflight(resolved, args.force, sharing=replicas.sharing(resolved))
     if resolved.replicas > 1:
         override = replicas.write_compose_override(
             resolved, [Path(f) for f in files[1::2]], paths.state_dir() / REPLICAS_COMPOSE)
         files += ["-f", str(override)]
+    # --remove-orphans: the engines of models (or replicas) a previous `up` ran and this one
+    # does not (they live in override files this command no longer names)
     cmd = [*compose.compose_command(), *files,
-           *(["--profile", "metrics"] if args.metrics else []), "up"]
+           *(["--profile", "metrics"] if args.metrics else []), "up", "--remove-orphans"]
     if not compose.docker_engine_reachable():
         raise UserError("no Docker engine is reachable ('docker ps' failed): start Docker "
                         "(sudo systemctl start docker), or run without it: ./runMe.sh --local")
@@ -102,7 +124,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         cmd.append("--build")
     # MODEL goes into compose's environment explicitly, so `sudo ./runMe.sh NAME` works too.
     env = {**environ, **compose.model_environment(resolved)}
-    print(f"starting {name} with: {' '.join(cmd)}", flush=True)
+    print(f"starting {', '.join(names)} with: {' '.join(cmd)}", flush=True)
     os.execvpe(cmd[0], cmd, env)
     return 0  # not reached
 
@@ -650,12 +672,14 @@ REPLICAS = option("--replicas", shown="N", type=positive_int)
 COMMANDS: tuple[Command, ...] = (
     Command("list", cmd_list, usage=("./runMe.sh",), help=("list the models and this help",)),
     Command("help", cmd_list, hidden=True),
-    Command("up", cmd_up, args=(positional("model", optional=True), DETACH, switch("--build"),
+    Command("up", cmd_up, args=(positional("model", many=True), DETACH, switch("--build"),
                                 switch("--metrics"), FORCE, REPLICAS),
-            usage=("MODEL=NAME ./runMe.sh {options}", "./runMe.sh NAME {options}"),
+            usage=("MODEL=NAME ./runMe.sh {options}", "./runMe.sh NAME [NAME ...] {options}"),
             help=(f"start NAME with docker compose (default {environment.DEFAULT_COMPOSE_MODEL});",
-                  "--metrics adds Prometheus + Grafana; --replicas N runs",
-                  "N engines behind the proxy (REPLICA_GPUS: one GPU each)")),
+                  "several NAMEs (or MODELS=a,b): one engine container each,",
+                  "memory shares from fit; --metrics adds Prometheus +",
+                  "Grafana; --replicas N runs N engines behind the proxy",
+                  "(REPLICA_GPUS: one GPU each)")),
     Command("local", cmd_local, args=(positional("model", many=True), DETACH, FORCE, REPLICAS,
                                       option("--on-demand", shown="a,b")),
             usage=("./runMe.sh --local {args}",),

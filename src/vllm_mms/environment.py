@@ -164,6 +164,15 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MMS_REPLICA", int, 1,
              "which engine replica a container is (replica 1 renders the configuration)",
              set_by="the replicas' compose override"),
+    Variable("MMS_ALSO_SERVED", str, None,
+             "the models served beside the first one, comma-separated: its engine container "
+             "renders the configuration for all of them", set_by="the models' compose override"),
+    Variable("MMS_BESIDE", flag, False,
+             "an engine container of a model served beside the first one (it renders nothing)",
+             set_by="the models' compose override"),
+    Variable("MMS_MEMORY_SHARE", float, None,
+             "an engine container's --gpu-memory-utilization when several models run "
+             "(fit's share)", set_by="the models' compose override"),
     Variable("MMS_SERVE_WEIGHTS", str, None,
              "the prepared CPU checkpoint, mounted in the engine container",
              set_by="docker-compose.cpu.yml"),

@@ -333,6 +333,49 @@ def test_engine_killed_is_restarted_and_the_proxy_answers_without_its_own_restar
     stack.note("engine kill -9 → first 200 again (total)", time.monotonic() - start)
 
 
+def test_several_models_each_in_its_own_engine_container_then_back_to_one(stack):
+    start = time.monotonic()
+    up = stack.run(MODEL, "smollm2-135m-cpu-fast", "-d", timeout=1800)
+    assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+    beside = "vllm-container-smollm2-135m-cpu-fast"
+    for name in ("vllm-container", beside):
+        wait_state(name, "running healthy", 900)
+    stack.wait_serving("two models: the first answers")
+    stack.wait_serving("two models: the second answers", model="smollm2-135m-cpu-fast")
+    stack.note("up with two models on the running stack → both answer",
+               time.monotonic() - start)
+    env = dict(line.split("=", 1) for line in inspect(beside)["Config"]["Env"])
+    assert (env["MODEL"], env["MMS_BESIDE"]) == ("smollm2-135m-cpu-fast", "1")
+    shares = [float(dict(line.split("=", 1) for line in inspect(n)["Config"]["Env"])
+                    ["MMS_MEMORY_SHARE"]) for n in ("vllm-container", beside)]
+    assert all(0 < share < 1 for share in shares), shares
+    # each model's requests reach its own engine
+    before = {name: engine_requests(name) for name in ("vllm-container", beside)}
+    for _ in range(3):
+        assert stack.chat(model="smollm2-135m-cpu-fast").status_code == 200
+    assert {name: engine_requests(name) - before[name] for name in before} == \
+        {"vllm-container": 0, beside: 3}
+    listed = httpx.get(f"http://127.0.0.1:{stack.port}/v1/models", timeout=30,
+                       headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
+    assert {"smollm2-135m-cpu", "smollm2-135m-cpu-fast"} <= {m["id"] for m in listed}
+    ps = stack.run("ps")
+    assert ps.returncode == 0, ps.stdout + ps.stderr
+    rows = [line.split() for line in ps.stdout.splitlines()[1:]]
+    assert [(r[0], r[1], r[3]) for r in rows] == [
+        (MODEL, "ready", "vllm-container"), ("smollm2-135m-cpu-fast", "ready", beside)]
+    assert [float(r[5]) for r in rows] == shares
+    status = stack.run("status")
+    assert "models:   smollm2-135m-cpu, smollm2-135m-cpu-fast" in status.stdout.splitlines()
+    switched = stack.run("switch", "smollm2-135m-cpu-fast")
+    assert switched.returncode == 1 and "this one serves smollm2-135m-cpu, " \
+        "smollm2-135m-cpu-fast" in switched.stderr, switched.stderr
+    # back to one model: the engine beside it goes (--remove-orphans)
+    one = stack.run(MODEL, "-d", timeout=1800)
+    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
+    assert docker("inspect", beside).returncode != 0
+    stack.wait_serving("back to one model → 200")
+
+
 def write_variant(stack: ComposeStack, name: str, *, extra_flag: str = "",
                   temperature: Optional[float] = None) -> None:
     text = (stack.root / "models" / f"{MODEL}.yml").read_text()

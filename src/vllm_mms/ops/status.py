@@ -167,10 +167,34 @@ def ps(compose: list[str]) -> int:
         rows = ps_rows(stack, ttl=ttl)
         print("\n".join(table(PS_COLUMNS, rows)))
         return 0 if all(r[1] not in ("down", "failed") for r in rows) else 1
-    if compose:
-        return status(compose)
+    rows = compose_ps_rows(compose) if compose else []
+    if rows:
+        print("\n".join(table(PS_COLUMNS, rows)))
+        return 0 if all(r[1] != "down" for r in rows) else 1
     print("nothing is running (start with ./runMe.sh --local, or MODEL=NAME ./runMe.sh)")
     return 1
+
+
+def compose_ps_rows(compose: list[str]) -> list[tuple[str, ...]]:
+    """Compose mode: one row per engine container (its model, state from its health check,
+    memory share, requests from its own metrics, read inside it); models here are resident."""
+    from ..stack.compose import container_env, containers
+
+    rows = []
+    for c in containers(compose):
+        if not c.service.startswith(ENGINE_SERVICE):
+            continue
+        env = container_env(c.name) or {}
+        state = "ready" if c.good else "loading" if c.state == "running" and \
+            c.health == "starting" else "down"
+        metrics = parse_metrics(_docker_exec(c.name, ENGINE_METRICS_READ) or "") if c.good else {}
+        running_now, waiting = (f"{metrics[name]:.0f}" if name in metrics else "-"
+                                for name in ("vllm:num_requests_running",
+                                             "vllm:num_requests_waiting"))
+        share = env.get("MMS_MEMORY_SHARE") or "its own"
+        rows.append((env.get("MODEL", "?"), state, f"container {c.name}", str(c.pid or "-"),
+                     share, running_now, waiting, "never (resident)"))
+    return rows
 
 
 def status(compose: list[str]) -> int:
@@ -184,6 +208,11 @@ def status(compose: list[str]) -> int:
         return 0 if all("DOWN" not in line for line in lines) else 1
     print("nothing is running (start with ./runMe.sh --local, or MODEL=NAME ./runMe.sh)")
     return 1
+
+
+# Run inside an engine container: its /metrics (the engine's port is not published).
+ENGINE_METRICS_READ = ("import urllib.request; print(urllib.request.urlopen("
+                       "'http://127.0.0.1:8000/metrics', timeout=5).read().decode())")
 
 
 def _docker_exec(container: str, code: str) -> Optional[str]:
@@ -213,9 +242,10 @@ def compose_status_lines(compose: list[str]) -> list[str]:
     found = containers(compose)
     if not found:
         return []
-    engine = next((c for c in found if c.service == ENGINE_SERVICE), None)
-    model = (container_env(engine.name) or {}).get("MODEL", "?") if engine else "?"
-    lines = ["mode:     compose", f"model:    {model}"]
+    models = list(dict.fromkeys((container_env(c.name) or {}).get("MODEL", "?")
+                                for c in found if c.service.startswith(ENGINE_SERVICE)))
+    label = "models:" if len(models) > 1 else "model:"
+    lines = ["mode:     compose", f"{label:<10}{', '.join(models) or '?'}"]
     for c in found:
         shown = c.state + (f" ({c.health})" if c.health else "")
         up = f"  up {_since(c.started_at)}" if c.state == "running" else ""
@@ -224,8 +254,7 @@ def compose_status_lines(compose: list[str]) -> list[str]:
     load: dict[str, float] = {}
     for c in found:
         if c.service.startswith(ENGINE_SERVICE) and c.good:
-            text = _docker_exec(c.name, "import urllib.request; print(urllib.request.urlopen("
-                                "'http://127.0.0.1:8000/metrics', timeout=5).read().decode())")
+            text = _docker_exec(c.name, ENGINE_METRICS_READ)
             for metric, value in parse_metrics(text or "").items():
                 load[metric] = load.get(metric, 0.0) + value
     engines = sum(1 for c in found if c.service.startswith(ENGINE_SERVICE)) or 1

@@ -23,7 +23,7 @@ CPU_FILE = "docker-compose.cpu.yml"   # CPU engine image + the prepared checkpoi
 # The services, containers and volume the compose files define, named here once for the code
 # (tests/test_static.py checks them against the files).
 ENGINE_SERVICE = "vllm-node"          # engine replica k (--replicas) is service vllm-node-k
-ENGINE_CONTAINER = "vllm-container"
+ENGINE_CONTAINER = "vllm-container"   # and a model served beside the first, vllm-node-NAME
 PROXY_SERVICE = "litellm"
 PROXY_CONTAINER = "litellm-container"
 DB_SERVICE = "litellm_db"
@@ -65,18 +65,31 @@ def model_files(root: Path, resolved: Resolved) -> list[str]:
 
 
 def model_environment(resolved: Resolved) -> dict[str, str]:
-    """What compose must see besides MODEL: for a CPU model, the checkpoint to mount
-    (prepared on the host once, as local mode does; needs vLLM's CPU environment to convert)."""
+    """What compose must see besides MODEL: for a CPU model, the checkpoint to mount."""
     env = {"MODEL": resolved.name}
-    if is_cpu_model(resolved):
-        from .. import bootstrap
-        from ..engine.prepare_model import ensure_weights, weights_dir
-
-        ready = weights_dir(resolved.model.local_weights)
-        if not (ready / ".complete").exists():
-            ready = ensure_weights(bootstrap.ensure_env("engine"), resolved.model.local_weights)
-        env["MMS_WEIGHTS_HOST_DIR"] = str(ready)
+    weights = prepared_weights(resolved)
+    if weights is not None:
+        env["MMS_WEIGHTS_HOST_DIR"] = str(weights)
     return env
+
+
+def prepared_weights(resolved: Resolved) -> Optional[Path]:
+    """A CPU model's checkpoint, prepared on the host once, as local mode does (converting
+    needs vLLM's CPU environment); None for a GPU model (its container reads the hub cache)."""
+    if not is_cpu_model(resolved):
+        return None
+    from .. import bootstrap
+    from ..engine.prepare_model import ensure_weights, weights_dir
+
+    ready = weights_dir(resolved.model.local_weights)
+    if not (ready / ".complete").exists():
+        ready = ensure_weights(bootstrap.ensure_env("engine"), resolved.model.local_weights)
+    return ready
+
+
+def model_service(name: str) -> str:
+    """The engine service of a model served beside the first one."""
+    return f"{ENGINE_SERVICE}-{name}"
 
 
 @dataclass(frozen=True)

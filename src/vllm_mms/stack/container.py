@@ -22,7 +22,7 @@ from ..engine import serve
 from ..errors import UserError
 from ..progress import SYSTEM_CLOCK, Clock, wait_until
 from . import cluster, replicas
-from .compose import ENGINE_SERVICE
+from .compose import ENGINE_SERVICE, model_service
 from .render import CONFIG_FILE, MODELS_FILE, compose_api_bases, render
 
 GENERATED_DIR = environment.get("MMS_GENERATED_DIR")
@@ -43,9 +43,13 @@ def engine_entrypoint(project: Project) -> None:
         cluster.worker_entrypoint(resolved)
     replica = environment.get("MMS_REPLICA")
     key_path = GENERATED_DIR / ENGINE_KEY_FILE
-    if replica == 1:
+    if replica == 1 and not environment.get("MMS_BESIDE"):
+        also = [name.strip() for name in (environment.get("MMS_ALSO_SERVED") or "").split(",")
+                if name.strip()]
+        others = [(resolve(project, name), f"http://{model_service(name)}:8000/v1")
+                  for name in also]
         written = render(project, resolved, GENERATED_DIR,
-                         api_base=compose_api_bases(resolved.replicas))
+                         api_base=compose_api_bases(resolved.replicas), others=others)
         # A recreated engine (./runMe.sh switch) keeps the key the running proxy already holds.
         previous = key_path.read_text().strip() if key_path.is_file() else ""
         key = resolved.secrets.get("VLLM_API_KEY") or previous or serve.internal_api_key(resolved)
@@ -55,15 +59,17 @@ def engine_entrypoint(project: Project) -> None:
         print(f"[entrypoint] model {resolved.name}: rendered "
               f"{', '.join(str(p) for p in written.values())}", flush=True)
     else:
-        # Replica 1 renders for all and writes the key they share.
+        # Replica 1 of the first model renders for all and writes the key they share.
         key = resolved.secrets.get("VLLM_API_KEY") or wait_for_key(key_path)
-        print(f"[entrypoint] model {resolved.name}: replica {replica} of {resolved.replicas}",
-              flush=True)
+        print(f"[entrypoint] model {resolved.name}: " + (
+            "served beside the first model" if environment.get("MMS_BESIDE")
+            else f"replica {replica} of {resolved.replicas}"), flush=True)
     if role == "head":  # the Ray head node (./runMe.sh cluster head) serves for the cluster
         cluster.head_entrypoint(resolved, key)
     port = environment.get("MMS_ENGINE_PORT")
     argv = serve.engine_argv(resolved, host="0.0.0.0", port=port,
-                              sharing=replicas.sharing(resolved), weights=served_weights(resolved))
+                              sharing=replicas.sharing(resolved), weights=served_weights(resolved),
+                              utilization=environment.get("MMS_MEMORY_SHARE"))
     env = serve.engine_environment(resolved, key, dict(os.environ))
     print(f"[entrypoint] exec {json.dumps(argv)}", flush=True)
     os.execvpe(argv[0], argv, env)

@@ -258,6 +258,12 @@ def switch_compose(project: Project, compose: list[str], name: str, force: bool)
     if old == name:
         print(f"{name} is already serving")
         return 0
+    beside = [m for m in (env.get("MMS_ALSO_SERVED") or "").split(",") if m]
+    if beside:
+        models = [old, *beside]
+        raise UserError(f"switch replaces the one model a stack serves, and this one serves "
+                        f"{', '.join(models)}: ./runMe.sh down && ./runMe.sh "
+                        f"{' '.join(name if m == old else m for m in models)}")
     running = int(env.get("REPLICAS") or 1)
     if running > 1:
         raise UserError(f"switch moves one engine, and {old} runs {running} replicas: "
