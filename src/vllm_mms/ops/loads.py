@@ -4,6 +4,7 @@ board (proxy/board.py), then the supervisor's answer, with progress."""
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 from .. import environment
 from ..errors import UserError
@@ -32,13 +33,8 @@ def load(model: str) -> int:
         return 0
     asked = time.time()
     board.want(model)
-
-    def settled() -> bool:
-        state = board.states().get(model)
-        return state is not None and state.since >= asked - 1 and \
-            state.state in ("ready", "failed")
-
-    wait_until(settled, environment.start_timeout(), f"loading {model}")
+    wait_until(_reached(model, asked, ("ready", "failed")), environment.start_timeout(),
+               f"loading {model}")
     state = board.states().get(model)
     if state is None or state.state != "ready":
         raise UserError(state.error if state is not None and state.error else
@@ -48,6 +44,16 @@ def load(model: str) -> int:
     return 0
 
 
+def _reached(model: str, asked: float, states: tuple[str, ...]) -> Callable[[], bool]:
+    """Whether the supervisor has put `model` in one of `states` since `asked` (its clock's
+    second: a state written in the second asked counts)."""
+    def reached() -> bool:
+        state = board.states().get(model)
+        return state is not None and state.since >= asked - 1 and state.state in states
+
+    return reached
+
+
 def unload(model: str) -> int:
     stack = _on_demand_stack(model)
     if not any(s.model == model for s in stack.engines):
@@ -55,12 +61,7 @@ def unload(model: str) -> int:
         return 0
     asked = time.time()
     board.drop(model)
-
-    def gone() -> bool:
-        state = board.states().get(model)
-        return state is not None and state.since >= asked - 1 and state.state == "unloaded"
-
-    if not wait_until(gone, 120, f"unloading {model}"):
+    if not wait_until(_reached(model, asked, ("unloaded",)), 120, f"unloading {model}"):
         raise UserError(f"{model} was not unloaded within 120s: is the supervisor running? "
                         f"(./runMe.sh status)")
     print(f"{model} is unloaded")

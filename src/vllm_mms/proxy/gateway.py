@@ -282,15 +282,17 @@ def error_body(status: int, body: bytes, anthropic: bool) -> bytes:
     return json.dumps(shaped).encode()
 
 
-def in_api_error_format(send: Send, anthropic: bool) -> Send:
-    """`send`, with error answers (status >= 400) rewritten by error_body. Successful answers,
-    streams included, pass untouched; an error body is small and held until complete."""
+def holding_body(send: Send, holds: Callable[[int], bool],
+                 rewrite: Callable[[int, bytes], bytes]) -> Send:
+    """`send`, with the body of each answer whose status `holds` held until complete and
+    passed on as `rewrite(status, body)` (JSON when rewritten: its length and type set anew).
+    Other answers, streams included, pass untouched."""
     held: dict[str, Any] | None = None
     chunks: list[bytes] = []
 
-    async def shaping_send(message: dict[str, Any]) -> None:
+    async def holding_send(message: dict[str, Any]) -> None:
         nonlocal held
-        if message["type"] == "http.response.start" and message["status"] >= 400:
+        if message["type"] == "http.response.start" and holds(message["status"]):
             held = message
             return
         if held is None or message["type"] != "http.response.body":
@@ -300,17 +302,25 @@ def in_api_error_format(send: Send, anthropic: bool) -> Send:
         if message.get("more_body"):
             return
         original = b"".join(chunks)
-        body = error_body(held["status"], original, anthropic)
+        body = rewrite(held["status"], original)
+        start = held
         if body is not original:
             headers = [(k, v) for k, v in held.get("headers", [])
                        if k.lower() not in (b"content-length", b"content-type")]
-            held = {**held, "headers": headers + [
+            start = {**held, "headers": headers + [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode())]}
-        await send(held)
+        await send(start)
         await send({"type": "http.response.body", "body": body})
 
-    return shaping_send
+    return holding_send
+
+
+def in_api_error_format(send: Send, anthropic: bool) -> Send:
+    """`send`, with error answers (status >= 400) rewritten by error_body (an error body is
+    small: held until complete)."""
+    return holding_body(send, lambda status: status >= 400,
+                        lambda status, body: error_body(status, body, anthropic))
 
 
 def model_states() -> dict[str, dict[str, Any]]:
@@ -339,34 +349,18 @@ def model_states() -> dict[str, dict[str, Any]]:
 
 def with_model_states(send: Send) -> Send:
     """`send` for GET /v1/models: each listed model also says its state (model_states)."""
-    held: dict[str, Any] | None = None
-    chunks: list[bytes] = []
+    return holding_body(send, lambda status: status == 200, listing_with_states)
 
-    async def listing_send(message: dict[str, Any]) -> None:
-        nonlocal held
-        if message["type"] == "http.response.start" and message["status"] == 200:
-            held = message
-            return
-        if held is None or message["type"] != "http.response.body":
-            await send(message)
-            return
-        chunks.append(message.get("body", b""))
-        if message.get("more_body"):
-            return
-        body = b"".join(chunks)
-        try:
-            listing = json.loads(body)
-            states = model_states()
-            for entry in listing.get("data", []):
-                entry.update(states.get(entry.get("id"), {}))
-            body = json.dumps(listing).encode()
-        except (ValueError, AttributeError, TypeError):
-            pass  # not the listing we know: passed on as it came
-        headers = [(k, v) for k, v in held.get("headers", []) if k.lower() != b"content-length"]
-        await send({**held, "headers": headers + [(b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
 
-    return listing_send
+def listing_with_states(status: int, body: bytes) -> bytes:
+    try:
+        listing = json.loads(body)
+        states = model_states()
+        for entry in listing.get("data", []):
+            entry.update(states.get(entry.get("id"), {}))
+    except (ValueError, AttributeError, TypeError):
+        return body  # not the listing we know: passed on as it came
+    return json.dumps(listing).encode()
 
 
 async def read_body(receive: Receive) -> bytes:
