@@ -128,12 +128,52 @@ def test_models_from_vars_env_and_the_refusals_before_docker(project_dir, tmp_pa
         "error: several models in compose mode share one engine image, and these mix CPU "
         "models (smollm2-135m-cpu) with GPU models (glm47-flash): run one kind at a time\n"))
     assert calls(state) == []
-    (project_dir / "vars.env").write_text("ON_DEMAND_MODELS=smollm2-135m-cpu-fast\n")
-    result, state = start(project_dir, tmp_path / "again", "smollm2-135m-cpu", "-d")
-    assert (result.code, result.err) == (1, (
-        "error: on-demand models (ON_DEMAND_MODELS) are loaded by local mode's supervisor: run "
-        "them with ./runMe.sh --local, or list them as resident models here (MODELS=a,b)\n"))
+    (project_dir / "vars.env").write_text("MODELS=smollm2-135m-cpu,smollm2-135m-cpu\n")
+    result, state = start(project_dir, tmp_path / "again", "-d")
+    assert (result.code, result.err) == (
+        1, "error: smollm2-135m-cpu is named twice: each model runs once\n")
     assert calls(state) == []
+
+
+def test_on_demand_models_get_profiled_services_and_a_host_supervisor(project_dir, tmp_path):
+    from vllm_mms.engine.prepare_model import weights_dir
+    from vllm_mms.stack.processes import alive, terminate
+
+    needs_checkpoints()
+    state_dir = tmp_path / "state"
+    (project_dir / "vars.env").write_text("ON_DEMAND_MODELS=minilm-l6-cpu\nON_DEMAND_TTL=120\n")
+    result, state = start(project_dir, tmp_path, "smollm2-135m-cpu", "-d",
+                          env={"MMS_STATE_DIR": str(state_dir)})
+    assert result.code == 0, result.err
+    stack = json.loads((state_dir / "compose-stack.json").read_text())
+    try:
+        files = [str(project_dir / n) for n in ("docker-compose.yml", "docker-compose.cpu.yml")]
+        override = str(state_dir / "compose.models.yml")
+        argv = ["compose", "-f", files[0], "-f", files[1], "-f", override, "up",
+                "--remove-orphans", "-d"]
+        assert result.out == (
+            "on demand (loaded when a request names one, unloaded after 120s idle, by a "
+            "supervisor on this host): minilm-l6-cpu\n"
+            f"starting smollm2-135m-cpu with: docker {' '.join(argv)}\n")
+        assert json.loads(state.read_text())["calls"][-1]["argv"] == argv
+        services = yaml.safe_load(Path(override).read_text())["services"]
+        od = services["vllm-node-minilm-l6-cpu"]
+        assert (od["profiles"], od["restart"]) == (["on-demand"], "no")
+        assert services["vllm-node"]["environment"]["MMS_ON_DEMAND"] == "minilm-l6-cpu"
+        # the proxy waits for no on-demand engine, and reads the board from the host
+        assert services["litellm"] == {
+            "environment": {"MMS_LOAD_BOARD": "/app/loads"},
+            "volumes": [f"{state_dir / 'loads'}:/app/loads"]}
+        assert (state_dir / "loads").is_dir()
+        assert [(o["model"], o["port"]) for o in stack["on_demand"]] == [("minilm-l6-cpu", 8000)]
+        assert [(s["role"], s["model"]) for s in stack["services"]] == [("engine", ""),
+                                                                       ("proxy", "")]
+        assert stack["compose"] == ["docker", *argv[:7]]
+        assert stack["budget"] > 0 and stack["share_unit"] > 0
+        assert alive(stack["supervisor_pid"])
+        assert str(weights_dir("all-minilm-l6-v2")) in Path(override).read_text()
+    finally:
+        terminate([stack["supervisor_pid"]], grace=5)
 
 
 def test_several_models_with_replicas_are_refused(project_dir, tmp_path):

@@ -63,8 +63,10 @@ def world(monkeypatch, tmp_path, project_dir):
                     Service("proxy", 1, resident.pid, 4000)],
           on_demand=[OnDemand(FAST, 9001, 1.0, GiB), OnDemand(OTHER, 9002, 1.0, GiB)],
           budget=2.0 * GiB, share_unit=GiB).save()
+    engines = ondemand.LocalEngines(Project(project_dir))
+    engines.metrics = lambda engine: made.probe(engine.port)  # type: ignore[method-assign]
     made.loader = ondemand.Loader(Project(project_dir), ttl=300, load_timeout=100,
-                                  probe=made.probe, clock=lambda: made.now)
+                                  engines=engines, clock=lambda: made.now)
     yield made
     made.stop()
 

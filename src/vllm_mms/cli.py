@@ -87,23 +87,27 @@ def cmd_up(args: argparse.Namespace) -> int:
     names = args.model or ([environ["MODEL"]] if environ.get("MODEL") else None) \
         or served_models(environ, "MODELS") or [environment.DEFAULT_COMPOSE_MODEL]
     # fail here, in one line, before Docker is involved
+    on_demand = model_list(args.on_demand) if args.on_demand else \
+        served_models(environ, "ON_DEMAND_MODELS")
+    names = [*names, *on_demand]
     models = [resolve(proj, name, environ) for name in names]
     resolved = models[0]
-    if served_models(environ, "ON_DEMAND_MODELS"):
-        raise UserError("on-demand models (ON_DEMAND_MODELS) are loaded by local mode's "
-                        "supervisor: run them with ./runMe.sh --local, or list them as "
-                        "resident models here (MODELS=a,b)")
     files = compose.model_files(proj.root, resolved)
+    plan: Optional[fit.SetPlan] = None
     if len(models) > 1:
-        from .stack import compose_models
+        from .proxy import board
+        from .stack import compose_models, render
 
         compose_models.check_set(models)
+        render.check_names(resolved, [(m, "") for m in models[1:]])
         weights = [compose.prepared_weights(m) for m in models]
         by_name = dict(zip(names, weights))
-        plan = fit.preflight_set(models, args.force, lambda m: by_name[m.name])
+        plan = fit.preflight_set(models, args.force, lambda m: by_name[m.name],
+                                 on_demand=len(on_demand))
+        board.board_dir().mkdir(parents=True, exist_ok=True)  # bind-mounted: ours, not root's
         override = compose_models.write_compose_override(
             models, plan.shares, [Path(f) for f in files[1::2]], weights,
-            paths.state_dir() / MODELS_COMPOSE)
+            paths.state_dir() / MODELS_COMPOSE, on_demand, board.board_dir())
         files += ["-f", str(override)]
     else:
         fit.preflight(resolved, args.force, sharing=replicas.sharing(resolved))
@@ -124,7 +128,19 @@ def cmd_up(args: argparse.Namespace) -> int:
         cmd.append("--build")
     # MODEL goes into compose's environment explicitly, so `sudo ./runMe.sh NAME` works too.
     env = {**environ, **compose.model_environment(resolved)}
-    print(f"starting {', '.join(names)} with: {' '.join(cmd)}", flush=True)
+    from .stack import compose_ondemand
+
+    compose_ondemand.stop_supervisor()  # an earlier start's: this start has its own set
+    if on_demand:
+        assert plan is not None
+        compose_ondemand.start_supervisor(compose_ondemand.stack_for(
+            names, on_demand, plan, [*compose.compose_command(), *files],
+            resolved.settings.LITELLM_PORT), env)
+        print(f"on demand (loaded when a request names one, unloaded after "
+              f"{resolved.settings.ON_DEMAND_TTL:g}s idle, by a supervisor on this host): "
+              f"{', '.join(on_demand)}", flush=True)
+    print(f"starting {', '.join(n for n in names if n not in on_demand)} with: "
+          f"{' '.join(cmd)}", flush=True)
     os.execvpe(cmd[0], cmd, env)
     return 0  # not reached
 
@@ -135,6 +151,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     stopped_local = local.stop_local(quiet=False)
     if stopped_local:
         return 0
+    from .stack import compose_ondemand
+
+    compose_ondemand.stop_supervisor(quiet=False)  # first: it would start what compose stops
     try:
         base = [*compose.compose_command(), "-f", str(project().root / compose.BASE_FILE)]
     except UserError:
@@ -215,6 +234,13 @@ def cmd_supervise(args: argparse.Namespace) -> int:
 
     stack = Stack.load()
     return local.supervise(stack, foreground=False) if stack else 1
+
+
+def cmd_supervise_compose(args: argparse.Namespace) -> int:
+    """Started by `./runMe.sh NAME --on-demand a,b`, not by users."""
+    from .stack import compose_ondemand
+
+    return compose_ondemand.supervise(project())
 
 
 def cmd_switch(args: argparse.Namespace) -> int:
@@ -673,12 +699,15 @@ COMMANDS: tuple[Command, ...] = (
     Command("list", cmd_list, usage=("./runMe.sh",), help=("list the models and this help",)),
     Command("help", cmd_list, hidden=True),
     Command("up", cmd_up, args=(positional("model", many=True), DETACH, switch("--build"),
-                                switch("--metrics"), FORCE, REPLICAS),
+                                switch("--metrics"), FORCE, REPLICAS,
+                                option("--on-demand", shown="a,b")),
             usage=("MODEL=NAME ./runMe.sh {options}", "./runMe.sh NAME [NAME ...] {options}"),
             help=(f"start NAME with docker compose (default {environment.DEFAULT_COMPOSE_MODEL});",
                   "several NAMEs (or MODELS=a,b): one engine container each,",
-                  "memory shares from fit; --metrics adds Prometheus +",
-                  "Grafana; --replicas N runs N engines behind the proxy",
+                  "memory shares from fit; --on-demand a,b: loaded when a",
+                  "request names one (a supervisor on this host starts",
+                  "their containers); --metrics adds Prometheus + Grafana;",
+                  "--replicas N runs N engines behind the proxy",
                   "(REPLICA_GPUS: one GPU each)")),
     Command("local", cmd_local, args=(positional("model", many=True), DETACH, FORCE, REPLICAS,
                                       option("--on-demand", shown="a,b")),
@@ -772,6 +801,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("proxy-entrypoint", cmd_proxy_entrypoint, hidden=True),
     Command("healthcheck", cmd_healthcheck, hidden=True),
     Command("supervise", cmd_supervise, hidden=True),
+    Command("supervise-compose", cmd_supervise_compose, hidden=True),
 )
 BY_NAME = {command.name: command for command in COMMANDS}
 

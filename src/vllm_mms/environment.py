@@ -167,6 +167,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MMS_ALSO_SERVED", str, None,
              "the models served beside the first one, comma-separated: its engine container "
              "renders the configuration for all of them", set_by="the models' compose override"),
+    Variable("MMS_ON_DEMAND", str, None,
+             "which of MMS_ALSO_SERVED load on demand, comma-separated (the host supervisor "
+             "starts their engine containers)", set_by="the models' compose override"),
     Variable("MMS_BESIDE", flag, False,
              "an engine container of a model served beside the first one (it renders nothing)",
              set_by="the models' compose override"),

@@ -376,6 +376,44 @@ def test_several_models_each_in_its_own_engine_container_then_back_to_one(stack)
     stack.wait_serving("back to one model → 200")
 
 
+def ps_rows(stack: ComposeStack) -> dict[str, list[str]]:
+    ps = stack.run("ps")
+    assert ps.returncode == 0, ps.stdout + ps.stderr
+    return {line.split()[0]: line.split()[1:] for line in ps.stdout.splitlines()[1:]}
+
+
+def test_an_on_demand_model_loads_in_its_own_container_when_a_request_names_it(stack):
+    fast = "smollm2-135m-cpu-fast"
+    container = f"vllm-container-{fast}"
+    up = stack.run(MODEL, "--on-demand", fast, "-d", timeout=1800)
+    assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+    assert f"by a supervisor on this host): {fast}" in up.stdout
+    stack.wait_serving("on-demand set: the resident model answers")
+    assert docker("inspect", container).returncode != 0   # `up` does not start it
+    assert ps_rows(stack)[fast][:2] == ["unloaded", "-"]
+    start = time.monotonic()
+    held = stack.chat(model=fast, timeout=900)            # held while its container loads
+    assert held.status_code == 200, held.text
+    stack.note("on-demand model in compose: request held → loaded → 200",
+               time.monotonic() - start)
+    assert inspect(container)["State"]["Status"] == "running"
+    row = ps_rows(stack)[fast]
+    assert row[0] in ("ready", "idle") and row[1:3] == ["container", container], row
+    unload = stack.run("unload", fast, timeout=300)
+    assert (unload.returncode, unload.stdout.splitlines()[-1]) == (0, f"{fast} is unloaded")
+    assert inspect(container)["State"]["Status"] == "exited"
+    assert ps_rows(stack)[fast][:2] == ["unloaded", "-"]
+    # back to the one model: the supervisor stops, the on-demand engine goes (an orphan now)
+    supervisor = json.loads((Path(stack.env["MMS_STATE_DIR"]) / "compose-stack.json")
+                            .read_text())["supervisor_pid"]
+    one = stack.run(MODEL, "-d", timeout=1800)
+    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
+    assert not Path(f"/proc/{supervisor}").exists() or \
+        Path(f"/proc/{supervisor}/stat").read_text().split(") ", 1)[1][0] == "Z"
+    assert docker("inspect", container).returncode != 0
+    stack.wait_serving("back to one model after on-demand → 200")
+
+
 def write_variant(stack: ComposeStack, name: str, *, extra_flag: str = "",
                   temperature: Optional[float] = None) -> None:
     text = (stack.root / "models" / f"{MODEL}.yml").read_text()

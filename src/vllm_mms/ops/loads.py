@@ -14,10 +14,12 @@ from ..stack.state import Stack
 
 
 def _on_demand_stack(model: str) -> Stack:
-    stack = Stack.load()
+    from ..stack.compose_ondemand import ComposeStack
+
+    stack = Stack.load() or ComposeStack.load()
     if stack is None:
-        raise UserError("nothing runs in local mode: start a stack with on-demand models, "
-                        "e.g. ./runMe.sh --local NAME --on-demand OTHER")
+        raise UserError("no stack with on-demand models runs: start one, e.g. "
+                        "./runMe.sh --local NAME --on-demand OTHER (or without --local)")
     if stack.on_demand_of(model) is None:
         names = ", ".join(o.model for o in stack.on_demand) or "none"
         raise UserError(f"{model} is not an on-demand model of the running stack (its "

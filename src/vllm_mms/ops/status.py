@@ -170,21 +170,36 @@ def ps(compose: list[str]) -> int:
     rows = compose_ps_rows(compose) if compose else []
     if rows:
         print("\n".join(table(PS_COLUMNS, rows)))
-        return 0 if all(r[1] != "down" for r in rows) else 1
+        return 0 if all(r[1] not in ("down", "failed") for r in rows) else 1
     print("nothing is running (start with ./runMe.sh --local, or MODEL=NAME ./runMe.sh)")
     return 1
 
 
-def compose_ps_rows(compose: list[str]) -> list[tuple[str, ...]]:
+def compose_ps_rows(compose: list[str], ttl: Optional[float] = None) -> list[tuple[str, ...]]:
     """Compose mode: one row per engine container (its model, state from its health check,
-    memory share, requests from its own metrics, read inside it); models here are resident."""
+    memory share, requests from its own metrics, read inside it); an on-demand model's state
+    as its supervisor says on the load board (compose_ondemand.py), a row for each one not
+    loaded."""
+    from ..proxy import board
     from ..stack.compose import container_env, containers
+    from ..stack.compose_ondemand import ComposeStack
 
-    rows = []
+    supervised = ComposeStack.load()
+    on_demand = {o.model: o for o in supervised.on_demand} if supervised else {}
+    if on_demand and ttl is None:
+        from .. import paths
+        from ..config.resolve import Project, global_settings
+
+        ttl = global_settings(Project(paths.project_dir())).ON_DEMAND_TTL
+    states = board.states() if on_demand else {}
+    rows, loaded = [], set()
     for c in containers(compose):
         if not c.service.startswith(ENGINE_SERVICE):
             continue
         env = container_env(c.name) or {}
+        model = env.get("MODEL", "?")
+        if model in on_demand and c.state != "running":
+            continue  # stopped: unloaded (its row follows)
         state = "ready" if c.good else "loading" if c.state == "running" and \
             c.health == "starting" else "down"
         metrics = parse_metrics(_docker_exec(c.name, ENGINE_METRICS_READ) or "") if c.good else {}
@@ -192,8 +207,25 @@ def compose_ps_rows(compose: list[str]) -> list[tuple[str, ...]]:
                                 for name in ("vllm:num_requests_running",
                                              "vllm:num_requests_waiting"))
         share = env.get("MMS_MEMORY_SHARE") or "its own"
-        rows.append((env.get("MODEL", "?"), state, f"container {c.name}", str(c.pid or "-"),
-                     share, running_now, waiting, "never (resident)"))
+        unloads = "never (resident)"
+        told = states.get(model)
+        if model in on_demand:
+            loaded.add(model)
+            share = f"{on_demand[model].share:.2f}"
+            if told is not None:
+                state = told.state
+                if state == "ready" and (running_now, waiting) == ("0", "0"):
+                    state = "idle"
+                last = max(board.last_used(model) or 0.0, told.since)
+                unloads = time.strftime("%H:%M:%S", time.localtime(last + (ttl or 0.0))) \
+                    if state in ("ready", "idle") else "-"
+        rows.append((model, state, f"container {c.name}", str(c.pid or "-"), share,
+                     running_now, waiting, unloads))
+    for model, wanted in on_demand.items():
+        if model not in loaded:
+            told = states.get(model)
+            rows.append((model, told.state if told else "unloaded", "-", "-",
+                         f"{wanted.share:.2f}", "-", "-", "on demand"))
     return rows
 
 

@@ -41,6 +41,9 @@ def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
     try:
+        # readable by the other side (compose mode: the proxy container runs as root, the
+        # host supervisor and `ps` as the user); nothing secret is on the board
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
         os.replace(temporary, path)

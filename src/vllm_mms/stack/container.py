@@ -48,8 +48,11 @@ def engine_entrypoint(project: Project) -> None:
                 if name.strip()]
         others = [(resolve(project, name), f"http://{model_service(name)}:8000/v1")
                   for name in also]
+        on_demand = [name.strip() for name in (environment.get("MMS_ON_DEMAND") or "")
+                     .split(",") if name.strip()]
         written = render(project, resolved, GENERATED_DIR,
-                         api_base=compose_api_bases(resolved.replicas), others=others)
+                         api_base=compose_api_bases(resolved.replicas), others=others,
+                         on_demand=on_demand)
         # A recreated engine (./runMe.sh switch) keeps the key the running proxy already holds.
         previous = key_path.read_text().strip() if key_path.is_file() else ""
         key = resolved.secrets.get("VLLM_API_KEY") or previous or serve.internal_api_key(resolved)
