@@ -294,3 +294,38 @@ def test_the_generated_override_is_a_file_compose_accepts(project_dir, tmp_path)
     assert services["vllm-node-smollm2-135m-cpu-fast"]["environment"]["MODEL"] == \
         "smollm2-135m-cpu-fast"
     assert services["vllm-node"]["environment"]["MMS_ALSO_SERVED"] == "smollm2-135m-cpu-fast"
+
+
+def test_ps_in_compose_mode_shows_the_on_demand_models_from_the_board(monkeypatch, capsys,
+                                                                       tmp_path):
+    from vllm_mms.proxy import board
+    from vllm_mms.stack import compose
+    from vllm_mms.stack.compose_ondemand import ComposeStack
+    from vllm_mms.stack.state import OnDemand, Service
+
+    monkeypatch.setenv("MMS_STATE_DIR", str(tmp_path / "state"))
+    ComposeStack(model="smollm2-135m-cpu", log_dir=str(tmp_path), started=0,
+                 services=[Service("engine", 1, 0, 8000, share=0.11),
+                           Service("proxy", 1, 0, 4000)],
+                 on_demand=[OnDemand("smollm2-135m-cpu-fast", 8000, 0.06, 1.0),
+                            OnDemand("minilm-l6-cpu", 8000, 0.05, 1.0)]).save()
+    board.save_states({"smollm2-135m-cpu-fast": board.ModelState("ready", 1000.0)})
+    found = [Container("p", "vllm-node", "vllm-container", "running", "healthy", "", 41),
+             Container("p", "vllm-node-smollm2-135m-cpu-fast",
+                       "vllm-container-smollm2-135m-cpu-fast", "running", "healthy", "", 42),
+             Container("p", "vllm-node-minilm-l6-cpu", "vllm-container-minilm-l6-cpu",
+                       "exited", "", "", 0)]
+    envs = {c.name: {"MODEL": c.service.removeprefix("vllm-node-")
+                     if c.service != "vllm-node" else "smollm2-135m-cpu"} for c in found}
+    monkeypatch.setattr(compose, "containers", lambda _: found)
+    monkeypatch.setattr(compose, "container_env", envs.get)
+    monkeypatch.setattr(status, "_docker_exec", lambda name, code: (
+        'vllm:num_requests_running{model_name="vllm_agent"} 0.0\n'
+        'vllm:num_requests_waiting{model_name="vllm_agent"} 0.0\n'))
+    monkeypatch.setattr(status.time, "localtime", __import__("time").gmtime)
+    assert status.compose_ps_rows(["docker", "compose"], ttl=300) == [
+        ("smollm2-135m-cpu", "ready", "container vllm-container", "41", "its own", "0", "0",
+         "never (resident)"),
+        ("smollm2-135m-cpu-fast", "idle", "container vllm-container-smollm2-135m-cpu-fast",
+         "42", "0.06", "0", "0", "00:21:40"),
+        ("minilm-l6-cpu", "unloaded", "-", "-", "0.05", "-", "-", "on demand")]
