@@ -403,6 +403,9 @@ def test_an_on_demand_model_loads_in_its_own_container_when_a_request_names_it(s
     assert (unload.returncode, unload.stdout.splitlines()[-1]) == (0, f"{fast} is unloaded")
     assert inspect(container)["State"]["Status"] == "exited"
     assert ps_rows(stack)[fast][:2] == ["unloaded", "-"]
+    doctor = stack.run("doctor").stdout.splitlines()
+    assert f"ok    service vllm-node-{fast}: not loaded (on demand)" in doctor, doctor
+    assert any(line.startswith("ok    on-demand supervisor: pid ") for line in doctor), doctor
     # back to the one model: the supervisor stops, the on-demand engine goes (an orphan now)
     supervisor = json.loads((Path(stack.env["MMS_STATE_DIR"]) / "compose-stack.json")
                             .read_text())["supervisor_pid"]

@@ -224,15 +224,29 @@ def check_compose(compose: list[str]) -> list[Check]:
         SERVICE_ORDER,
         SERVICES,
         containers,
+        model_service,
     )
+    from ..stack.compose_ondemand import ComposeStack
+    from ..stack.processes import alive
 
     found = {c.service: c for c in containers(compose)}
     if not found:
         return [Check("warn", "compose stack", "nothing is running",
                       "start it: MODEL=NAME ./runMe.sh -d")]
     checks = []
+    supervised = ComposeStack.load()
+    on_demand = {model_service(o.model) for o in supervised.on_demand} if supervised else set()
+    if supervised:
+        checks.append(Check("ok", "on-demand supervisor", f"pid {supervised.supervisor_pid}")
+                      if supervised.supervisor_pid and alive(supervised.supervisor_pid) else
+                      Check("fail", "on-demand supervisor", "not running: on-demand models "
+                            "will not load", "start the set again: ./runMe.sh NAME "
+                            "--on-demand a,b -d"))
     for service in (*SERVICE_ORDER, *sorted(set(found) - set(SERVICE_ORDER))):
         c = found.get(service)
+        if service in on_demand and (c is None or c.state != "running"):
+            checks.append(Check("ok", f"service {service}", "not loaded (on demand)"))
+            continue
         logs = {compose_name: f"./runMe.sh logs {name}" for name, compose_name in SERVICES.items()}
         hint = ("the engine loads for minutes after start; watch ./runMe.sh logs engine"
                 if service.startswith(ENGINE_SERVICE) else logs.get(service, f"docker logs {service}"))
