@@ -230,10 +230,11 @@ class Settings(Strict):
         True, description="The proxy's Prometheus metrics at /metrics (needs the master key; "
                           "requests, tokens, latency, time to first token, errors by key).")
     MODELS: Optional[str] = Field(
-        None, description="Local mode: several catalog models at once, comma-separated (`a,b`): "
-                    "one engine each behind the one "
-                    "proxy, memory shares from `fit` (`./runMe.sh --local A B` does the same). "
-                    "The first also answers to `vllm_agent`.")
+        None, description="Several catalog models at once, comma-separated (`a,b`): one "
+                    "engine (compose: one engine container) each behind the one proxy, memory "
+                    "shares from `fit` (`./runMe.sh --local A B` or `./runMe.sh A B` does the "
+                    "same; compose: `MODEL` wins when set). The first also answers to "
+                    "`vllm_agent`.")
     REPLICAS: Annotated[int, Field(ge=1, le=16)] = Field(
         1, description="Engine replicas of the model behind one proxy (`--replicas N`).")
     REPLICA_GPUS: Optional[str] = Field(
@@ -242,10 +243,11 @@ class Settings(Strict):
                     "with tensor parallel 2). Empty: the replicas share the GPUs and split "
                     "--gpu-memory-utilization.")
     ON_DEMAND_MODELS: Optional[str] = Field(
-        None, description="Local mode: catalog models loaded when a request names one and "
-                          "unloaded when idle, comma-separated (`./runMe.sh --local A "
-                          "--on-demand b,c` does the same): a request for one that is not "
-                          "running is held while its engine starts.")
+        None, description="Catalog models loaded when a request names one and unloaded "
+                          "when idle, comma-separated (`--on-demand b,c` does the same, with "
+                          "or without `--local`): a request for one that is not running is "
+                          "held while its engine (compose: its container, started by a "
+                          "supervisor on the host) starts.")
     ON_DEMAND_TTL: Annotated[float, Field(gt=0)] = Field(
         300, description="Seconds an on-demand model stays loaded after its last request.")
     LOAD_TIMEOUT: Annotated[float, Field(gt=0)] = Field(
