@@ -131,21 +131,35 @@ def ps_rows(stack: Stack, probe=None, ttl: float = 300.0) -> list[tuple[str, ...
         unloads = "never (resident)"
         told = states.get(engine.model)
         if stack.on_demand_of(engine.model) and told is not None:
-            state = told.state
-            if state == "ready" and (running_now, waiting) == ("0", "0"):
-                state = "idle"
-            last = max(board.last_used(engine.model) or 0.0, told.since)
-            unloads = time.strftime("%H:%M:%S", time.localtime(last + ttl)) \
-                if state in ("ready", "idle") else "-"
+            state, unloads = on_demand_state(engine.model, told, running_now, waiting, ttl)
         rows.append((stack.model_of(engine), state, f"{engine.name} :{engine.port}",
                      str(engine.pid), share, running_now, waiting, unloads))
     loaded = {s.model for s in stack.engines}
     for wanted in stack.on_demand:
         if wanted.model not in loaded:
-            told = states.get(wanted.model)
-            rows.append((wanted.model, told.state if told else "unloaded", "-", "-",
-                         f"{wanted.share:.2f}", "-", "-", "on demand"))
+            rows.append(not_loaded_row(wanted.model, wanted.share, states))
     return rows
+
+
+def on_demand_state(model: str, told, running_now: str, waiting: str,
+                    ttl: float) -> tuple[str, str]:
+    """A loaded on-demand model's state as its supervisor says it (idle: ready with nothing
+    running or waiting) and when it unloads: `ttl` seconds after its last request."""
+    from ..proxy import board
+
+    state = told.state
+    if state == "ready" and (running_now, waiting) == ("0", "0"):
+        state = "idle"
+    last = max(board.last_used(model) or 0.0, told.since)
+    unloads = time.strftime("%H:%M:%S", time.localtime(last + ttl)) \
+        if state in ("ready", "idle") else "-"
+    return state, unloads
+
+
+def not_loaded_row(model: str, share: float, states: dict) -> tuple[str, ...]:
+    told = states.get(model)
+    return (model, told.state if told else "unloaded", "-", "-", f"{share:.2f}", "-", "-",
+            "on demand")
 
 
 def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
@@ -213,19 +227,12 @@ def compose_ps_rows(compose: list[str], ttl: Optional[float] = None) -> list[tup
             loaded.add(model)
             share = f"{on_demand[model].share:.2f}"
             if told is not None:
-                state = told.state
-                if state == "ready" and (running_now, waiting) == ("0", "0"):
-                    state = "idle"
-                last = max(board.last_used(model) or 0.0, told.since)
-                unloads = time.strftime("%H:%M:%S", time.localtime(last + (ttl or 0.0))) \
-                    if state in ("ready", "idle") else "-"
+                state, unloads = on_demand_state(model, told, running_now, waiting, ttl or 0.0)
         rows.append((model, state, f"container {c.name}", str(c.pid or "-"), share,
                      running_now, waiting, unloads))
     for model, wanted in on_demand.items():
         if model not in loaded:
-            told = states.get(model)
-            rows.append((model, told.state if told else "unloaded", "-", "-",
-                         f"{wanted.share:.2f}", "-", "-", "on demand"))
+            rows.append(not_loaded_row(model, wanted.share, states))
     return rows
 
 
